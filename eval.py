@@ -1,0 +1,180 @@
+"""Score a checkpoint with keyword-aligned ROUGE, one decoding strategy per column, as the seed's table.
+
+    python eval.py                                          # default checkpoint, every strategy, 1 and 2 keywords
+    python eval.py --input_type=two_keyword --batch_size=128 --fp16 --device=cuda
+
+From the first one (or two) keywords of each held-out prompt the model writes a continuation, which is cut
+to as many keywords as the prompt has; ROUGE compares what follows the input keywords. Each sequence stops
+as soon as it holds those keywords, so no time goes to text the cut would drop. Writes rouge.json,
+rouge.md and rouge.png into the checkpoint folder (or --output_dir). Under `accelerate launch` or
+`torchrun` the prompts are shared out across processes by batch, and the scores equal a one-process run.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, set_seed
+
+import utils
+
+INPUT_TYPES = {"one_keyword": 1, "two_keyword": 2}
+ROW_NAMES = {"one_keyword": "One Keyword", "two_keyword": "Two Keywords"}
+
+
+@dataclass
+class EvalArguments:
+    model_name_or_path: str = field(default=utils.DEFAULT_CHECKPOINT, metadata={
+        "help": "Checkpoint folder written by run_clm.py (or any causal LM)."})
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Prompts to score: Hub name, folder or file. Default: the eval split saved in the checkpoint."})
+    dataset_split: str | None = field(default=None, metadata={
+        "help": "Split of --dataset_name. Default: validation, else test, else train."})
+    text_column: str = field(default="Prompt", metadata={"help": "Column of --dataset_name holding prompts."})
+    input_type: str = field(default="both", metadata={
+        "choices": ["one_keyword", "two_keyword", "both"], "help": "Give the model the first one or two keywords."})
+    strategy: str = field(default="all", metadata={
+        "help": f"Decoding preset, a comma-separated list, or 'all': {', '.join(utils.PRESETS)}."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts generated at once."})
+    max_samples: int | None = field(default=None, metadata={"help": "Score only the first N prompts."})
+    seed: int = field(default=42, metadata={"help": "Seed of the sampling presets (per batch: same numbers every run)."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    fp16: bool = field(default=False, metadata={"help": "Run the model in float16 (GPU)."})
+    bf16: bool = field(default=False, metadata={"help": "Run the model in bfloat16."})
+    no_early_stop: bool = field(default=False, metadata={
+        "help": "Generate every sequence to the model's context (up to 1,024 tokens) instead of stopping once the "
+                "needed keywords are there. Same scores, far slower: for benchmarks."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write results. Default: the checkpoint."})
+
+
+def evaluate(model, tokenizer, references: list[str], num_input_keywords: int, preset: dict, args: EvalArguments,
+             rank: int = 0, world_size: int = 1) -> list[str]:
+    """Predictions for the references of this process's batches (all of them on one process), in order."""
+    inputs = [utils.first_keywords(r, num_input_keywords) for r in references]
+    num_keywords = [len(utils.split_keywords(r)) for r in references]
+    reference_tokens = [len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]]
+    # Batches of similar reference length, so rows finish together and the token bound is tight.
+    order = sorted(range(len(references)), key=lambda i: reference_tokens[i])
+    batches = [order[i:i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    context = min(utils.model_context(model), 1024)
+    predictions = {}
+    for number, batch in enumerate(tqdm(batches, desc="Generating", disable=rank != 0)):
+        if number % world_size != rank:
+            continue
+        set_seed(args.seed + number)  # per batch, so sharding across processes draws the same samples
+        batch_inputs = [inputs[i] for i in batch]
+        prompt_tokens = max(len(ids) for ids in tokenizer(batch_inputs, add_special_tokens=False)["input_ids"])
+        if args.no_early_stop:
+            texts = utils.generate_prompts(model, tokenizer, batch_inputs, preset, context - prompt_tokens)
+            texts = [utils.cut_to_keywords(t, num_keywords[i]) for t, i in zip(texts, batch)]
+        else:
+            # A prediction never needs many more tokens than its reference; 2x leaves room for wordier keywords.
+            bound = min(2 * max(reference_tokens[i] for i in batch) + 16, context - prompt_tokens)
+            texts = utils.generate_prompts(model, tokenizer, batch_inputs, preset, bound,
+                                           num_keywords=[num_keywords[i] for i in batch])
+        predictions.update(zip(batch, texts))
+    return [predictions.get(i) for i in range(len(references))]
+
+
+def gather(predictions: list[str | None]) -> list[str]:
+    """Merge every process's predictions (each holds its own batches, None elsewhere)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return predictions
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, predictions)
+    return [next(p[i] for p in parts if p[i] is not None) for i in range(len(predictions))]
+
+
+def load_references(args: EvalArguments) -> list[str]:
+    if args.dataset_name is None:
+        prompts = utils.load_eval_prompts(args.model_name_or_path)
+    else:
+        dataset = utils.load_prompts(args.dataset_name, text_column=args.text_column)
+        split = args.dataset_split or next(s for s in ("validation", "test", "train", *dataset) if s in dataset)
+        if split not in dataset:
+            sys.exit(f"error: {args.dataset_name} has no split {split!r}; it has {list(dataset)}.")
+        prompts = dataset[split]["Prompt"]
+    references = utils.rouge_references(prompts)[: args.max_samples]
+    if not references:
+        sys.exit("error: no prompt to score: the evaluation needs prompts with more than two commas.")
+    return references
+
+
+def markdown_table(scores: dict, input_types: list[str], strategies: list[str]) -> str:
+    lines = ["| ROUGE-L | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]
+    for input_type in input_types:
+        cells = [f"{scores[input_type][s]['rougeL']:.2f}" for s in strategies]
+        lines.append(f"| {ROW_NAMES[input_type]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(scores: dict, input_types: list[str], strategies: list[str], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(1.6 * len(strategies) + 2, 4))
+    width = 0.8 / len(input_types)
+    for row, input_type in enumerate(input_types):
+        values = [scores[input_type][s]["rougeL"] for s in strategies]
+        positions = [i + row * width for i in range(len(strategies))]
+        bars = axes.bar(positions, values, width, label=ROW_NAMES[input_type])
+        axes.bar_label(bars, fmt="%.1f", fontsize=8)
+    axes.set_xticks([i + width * (len(input_types) - 1) / 2 for i in range(len(strategies))], strategies)
+    axes.set_ylabel("ROUGE-L")
+    axes.set_title(f"Keyword-aligned ROUGE-L: {os.path.basename(os.path.abspath(path.rsplit('/', 1)[0]))}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
+    strategies = list(utils.PRESETS) if args.strategy == "all" else args.strategy.split(",")
+    unknown = [s for s in strategies if s not in utils.PRESETS]
+    if unknown:
+        sys.exit(f"error: unknown strategy {', '.join(unknown)}; choose from {', '.join(utils.PRESETS)} or all.")
+    input_types = list(INPUT_TYPES) if args.input_type == "both" else [args.input_type]
+
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if world_size > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available() and args.device == "auto":
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16, args.bf16)
+    references = load_references(args)
+    scores, started = {}, time.time()
+    for input_type in input_types:
+        scores[input_type] = {}
+        for strategy in strategies:
+            if rank == 0:
+                print(f"{ROW_NAMES[input_type]}, {strategy}: {len(references)} prompts", file=sys.stderr)
+            predictions = gather(evaluate(model, tokenizer, references, INPUT_TYPES[input_type],
+                                          utils.PRESETS[strategy], args, rank, world_size))
+            scores[input_type][strategy] = utils.keyword_aligned_rouge(references, predictions,
+                                                                       INPUT_TYPES[input_type])
+    if rank != 0:
+        return
+    table = markdown_table(scores, input_types, strategies)
+    print(table)
+    folder = args.output_dir or args.model_name_or_path
+    os.makedirs(folder, exist_ok=True)
+    result = {"model": args.model_name_or_path, "num_prompts": len(references), "seed": args.seed,
+              "early_stop": not args.no_early_stop, "seconds": round(time.time() - started, 1), "scores": scores}
+    with open(os.path.join(folder, "rouge.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(folder, "rouge.md"), "w") as f:
+        f.write(table + "\n")
+    plot(scores, input_types, strategies, os.path.join(folder, "rouge.png"))
+    print(f"\nWrote rouge.json, rouge.md and rouge.png to {folder} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

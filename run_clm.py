@@ -1,0 +1,225 @@
+"""Fine-tune a causal LM to continue Stable Diffusion prompts, one prompt per training example.
+
+    python run_clm.py                      # offline default: small GPT-2 from scratch on the demo prompts
+    python run_clm.py --model_name_or_path=gpt2 --dataset_name=Gustavosta/Stable-Diffusion-Prompts ...
+
+Writes a save_pretrained folder (model, tokenizer, generation config, the cleaned eval split, metrics,
+model card) that eval.py, run_generation.py and run_gradio.py read. Run with --help for every flag.
+"""
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from datasets import DatasetDict
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel,
+                          HfArgumentParser, Trainer, set_seed)
+from transformers.trainer_utils import get_last_checkpoint
+
+import utils
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Hub name or local folder of the model to fine-tune. Default: a small GPT-2 trained from scratch."})
+    gguf_file: str | None = field(default=None, metadata={
+        "help": "GGUF file inside --model_name_or_path to start from (needs the gguf package)."})
+    tokenizer_name: str | None = field(default=None, metadata={
+        "help": "Tokenizer name or folder. Default: the model's, or the bundled GPT-2 tokenizer from scratch."})
+    scratch_config: str = field(default="n_layer=2,n_embd=128,n_head=4,n_positions=256", metadata={
+        "help": "GPT-2 shape when training from scratch (no --model_name_or_path), as key=value pairs."})
+    dtype: str = field(default="auto", metadata={
+        "aliases": ["--torch_dtype"], "choices": ["auto", "float32", "bfloat16", "float16"],
+        "help": "Dtype the weights are loaded in (--torch_dtype is the old name). For mixed precision use --bf16/--fp16."})
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={
+        "help": "Hub dataset name, local dataset folder, or a parquet/csv/json/jsonl/txt file. Default: the demo prompts."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
+    text_column: str = field(default="Prompt", metadata={"help": "Column holding the prompts."})
+    validation_split_percentage: float = field(default=5, metadata={
+        "help": "Percent of train held out for evaluation when the dataset has no validation or test split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training prompts."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many eval prompts."})
+    max_seq_length: int | None = field(default=None, metadata={
+        "help": "Longest prompt in tokens (EOS included); longer ones are cut. Default: the model's context."})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """Transformers' TrainingArguments with this product's defaults (the small offline model)."""
+    output_dir: str = field(default=utils.DEFAULT_CHECKPOINT, metadata={"help": "Checkpoint folder to write."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Delete the output folder and start over instead of resuming from its last checkpoint."})
+    do_train: bool = field(default=True, metadata={"help": "Train (on by default; --no_do_train to skip)."})
+    do_eval: bool = field(default=True, metadata={"help": "Evaluate at the end (on by default)."})
+    eval_strategy: str = field(default="no", metadata={
+        "aliases": ["--evaluation_strategy"], "choices": ["no", "steps", "epoch"],
+        "help": "When to evaluate during training (--evaluation_strategy is the old name)."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision. Default: on where the GPU or CPU computes bf16 natively, else off."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    num_train_epochs: float = field(default=1, metadata={"help": "Epochs to train."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Prompts per batch per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Prompts per eval batch per device."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps, or a fraction of all steps if < 1."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
+        "help": "group_by_length batches prompts of similar length, so little compute goes to padding."})
+    logging_steps: float = field(default=50, metadata={"help": "Log the loss every this many steps."})
+    save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every this many steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+
+
+def native_bf16() -> bool:
+    """bf16 pays only where the hardware computes it natively; elsewhere it is emulated and slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def load_splits(args: DataArguments) -> DatasetDict:
+    """Train and validation splits: the dataset's validation split, else its test split, else a carve."""
+    dataset = utils.load_prompts(args.dataset_name, args.dataset_config_name, args.text_column)
+    name = args.dataset_name or "the demo prompts"
+    train = dataset.get("train")
+    if train is None or len(train) == 0:
+        sys.exit(f"error: dataset {name} has no non-empty prompts in a train split (splits: {list(dataset)}).")
+    eval_split = dataset.get("validation") or dataset.get("test")
+    if eval_split is None:
+        held_out = train.train_test_split(test_size=args.validation_split_percentage / 100, seed=42)
+        train, eval_split = held_out["train"], held_out["test"]
+    if len(eval_split) == 0:
+        sys.exit(f"error: the eval split of {name} is empty; raise --validation_split_percentage.")
+    if args.max_train_samples:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples:
+        eval_split = eval_split.select(range(min(args.max_eval_samples, len(eval_split))))
+    return DatasetDict(train=train, validation=eval_split)
+
+
+def load_model_and_tokenizer(args: ModelArguments):
+    path = args.model_name_or_path
+    if path and utils.looks_like_path(path) and not os.path.exists(path):
+        sys.exit(f"error: model folder {path} does not exist.")
+    tokenizer_source = args.tokenizer_name or path or str(utils.DEMO_TOKENIZER)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, gguf_file=None if args.tokenizer_name else args.gguf_file)
+        if path is None:
+            config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+            config.update_from_string(args.scratch_config)
+            model = GPT2LMHeadModel(config)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, gguf_file=args.gguf_file, dtype=args.dtype)
+    except OSError as e:
+        sys.exit(f"error: could not load {path or tokenizer_source}: {e}\nWithout Hub access pass a local folder.")
+    if path is None and args.dtype not in ("auto", "float32"):
+        model = model.to(getattr(torch, args.dtype))
+    utils.ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def prepare_output_dir(args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from, if any. Refuses to mix a new run into a folder of other files."""
+    folder = args.output_dir
+    if not os.path.isdir(folder) or not os.listdir(folder) or not args.do_train:
+        return None
+    if args.overwrite_output_dir:
+        shutil.rmtree(folder)
+        return None
+    last = get_last_checkpoint(folder)
+    if last is None:
+        sys.exit(f"error: output folder {folder} is not empty and holds no checkpoint to resume from. "
+                 f"Pass --overwrite_output_dir to replace it, or choose another --output_dir.")
+    print(f"Resuming from {last} (pass --overwrite_output_dir to start over).")
+    return last
+
+
+def write_model_card(folder: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
+                     metrics: dict) -> None:
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    text = f"""# Prompt continuation model
+
+Continues Stable Diffusion prompts keyword by keyword; written by `run_clm.py`.
+
+- Base model: {model_args.model_name_or_path or f"GPT-2 from scratch ({model_args.scratch_config})"}
+- Data: {data_args.dataset_name or "bundled demo prompts (synthetic)"}, column `{data_args.text_column}`
+- Recipe: {args.num_train_epochs} epochs, learning rate {args.learning_rate}, {args.lr_scheduler_type} schedule,
+  batch {args.per_device_train_batch_size} per device, bf16={args.bf16}, fp16={args.fp16}
+
+| metric | value |
+| --- | --- |
+{rows}
+
+Score it: `python eval.py --model_name_or_path {folder}`
+"""
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(text)
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    if training_args.bf16 is None:
+        training_args.bf16 = native_bf16() and not training_args.fp16
+    training_args.dataloader_pin_memory &= torch.cuda.is_available()  # pinning only helps host-to-GPU copies
+    set_seed(training_args.seed)
+    started = time.time()
+
+    resume_from = prepare_output_dir(training_args)
+    prompts = load_splits(data_args)
+    model, tokenizer = load_model_and_tokenizer(model_args)
+    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    max_length = min(data_args.max_seq_length or context, context)
+    tokenized = prompts.map(utils.tokenize_prompts, batched=True, remove_columns=["Prompt"],
+                            fn_kwargs=dict(tokenizer=tokenizer, text_column="Prompt", max_length=max_length),
+                            desc="Tokenizing")
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        # Pads ids with the pad token and labels with -100 by position: EOS stays a label even when pad == EOS.
+        data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        compute_metrics=utils.compute_metrics,
+        preprocess_logits_for_metrics=utils.preprocess_logits_for_metrics,
+    )
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        trainer.save_model()
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics.update(train_loss=result.metrics["train_loss"])
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        eval_metrics["eval_perplexity"] = math.exp(min(eval_metrics["eval_loss"], 50))
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update({k: eval_metrics[k] for k in ("eval_loss", "eval_perplexity", "eval_accuracy")})
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+        model.generation_config.save_pretrained(training_args.output_dir)
+        utils.save_eval_prompts(prompts["validation"]["Prompt"], training_args.output_dir)
+        metrics["wall_time_s"] = round(time.time() - started, 1)
+        write_model_card(training_args.output_dir, model_args, data_args, training_args, metrics)
+        print(f"\nCheckpoint: {os.path.abspath(training_args.output_dir)}")
+        print(f"Next: python eval.py --model_name_or_path {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""eval.py and run_generation.py on a real tiny checkpoint."""
+
+import json
+
+import pytest
+
+import utils
+from conftest import STAND_IN, run
+
+
+def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
+    args = ["--model_name_or_path", tiny_checkpoint, "--strategy", "all", "--input_type", "both",
+            "--max_samples", "12", "--batch_size", "4"]
+    first = run("eval.py", *args, "--output_dir", tmp_path / "a")
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = [line for line in first.stdout.splitlines() if line.startswith("|")]
+    assert lines[0] == "| ROUGE-L | greedy | no_repeat_ngram | beam | temperature | top_k | top_p |"
+    assert lines[2].startswith("| One Keyword |") and lines[3].startswith("| Two Keywords |")
+    assert len(lines[3].split("|")) == 9  # label + 6 strategies
+    for name in ("rouge.json", "rouge.md", "rouge.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    assert (tmp_path / "a" / "rouge.png").read_bytes()[:4] == b"\x89PNG"
+    second = run("eval.py", *args, "--output_dir", tmp_path / "b")
+    scores = [json.loads((tmp_path / d / "rouge.json").read_text())["scores"] for d in "ab"]
+    assert scores[0] == scores[1]
+    assert set(scores[0]) == {"one_keyword", "two_keyword"} and len(scores[0]["one_keyword"]) == 6
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "no_repeat_ngram", "top_k"])
+def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, tmp_path, strategy):
+    args = ["--model_name_or_path", tiny_checkpoint, "--dataset_name", STAND_IN / "test.parquet",
+            "--strategy", strategy, "--max_samples", "24", "--batch_size", "8"]
+    early = run("eval.py", *args, "--output_dir", tmp_path / "early")
+    full = run("eval.py", *args, "--no_early_stop", "--output_dir", tmp_path / "full")
+    assert early.returncode == 0 and full.returncode == 0, early.stderr[-2000:] + full.stderr[-2000:]
+    read = lambda d: json.loads((tmp_path / d / "rouge.json").read_text())["scores"]
+    assert read("early") == read("full")
+    assert read("early")["two_keyword"][strategy]["rougeL"] > 0
+
+
+def test_eval_errors(tiny_checkpoint, tmp_path):
+    missing = run("eval.py", "--model_name_or_path", tmp_path / "nothing")
+    assert missing.returncode != 0 and "python run_clm.py" in missing.stderr
+    unknown = run("eval.py", "--model_name_or_path", tiny_checkpoint, "--strategy", "greedy,wild")
+    assert unknown.returncode != 0 and "unknown strategy wild" in unknown.stderr
+    cuda = run("eval.py", "--model_name_or_path", tiny_checkpoint, "--device", "cuda")
+    assert cuda.returncode != 0 and "no CUDA GPU" in cuda.stderr
+    for result in (missing, unknown, cuda):
+        assert "Traceback" not in result.stderr
+
+
+def test_run_generation_prompt_and_stdin(tiny_checkpoint):
+    result = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "young, curly  haired",
+                 "--num_keywords", "5", "--strategy", "top_p", "--num_return_sequences", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert line.startswith("young, curly haired,") and line == utils.clean_prompt(line)
+        assert len(utils.split_keywords(line)) <= 5
+    piped = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--strategy", "greedy",
+                "--length", "8", stdin="a castle,\nan owl,\n")
+    assert piped.returncode == 0, piped.stderr[-3000:]
+    outputs = piped.stdout.splitlines()
+    assert len(outputs) == 2 and outputs[0].startswith("a castle") and outputs[1].startswith("an owl")
+
+
+def test_run_generation_original_flags_and_seed(tiny_checkpoint):
+    args = ["--model_name_or_path", tiny_checkpoint, "--fp16", "--model_type=gpt2", "--prompt", "a castle,",
+            "--length", "12", "--no_repeat_ngram_size", "3", "--temperature", "1.0", "--seed", "7"]
+    first, second = run("run_generation.py", *args), run("run_generation.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout == second.stdout and first.stdout.startswith("a castle,")
+    assert "float32" in first.stderr  # --fp16 on a CPU says what it does instead
+
+
+def test_run_generation_errors(tiny_checkpoint, tmp_path):
+    empty = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", " , ")
+    assert empty.returncode != 0 and "empty prompt" in empty.stderr
+    missing = run("run_generation.py", "--model_name_or_path", tmp_path / "none", "--prompt", "a,")
+    assert missing.returncode != 0 and "python run_clm.py" in missing.stderr
+    strategy = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "a,", "--strategy", "x")
+    assert strategy.returncode != 0 and "invalid choice" in strategy.stderr
+    cuda = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "a,", "--device", "cuda")
+    assert cuda.returncode != 0 and "no CUDA GPU" in cuda.stderr
+    long = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "castle, " * 80,
+               "--length", "10", "--strategy", "greedy")
+    assert long.returncode == 0, long.stderr[-3000:]
+    assert "kept its last 54" in long.stderr  # 64-token context minus 10 new tokens
