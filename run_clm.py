@@ -24,6 +24,13 @@ from transformers.trainer_utils import get_last_checkpoint
 import utils
 
 
+def native_bf16() -> bool:
+    """bf16 pays only where the hardware computes it natively; elsewhere it is emulated and slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
@@ -64,8 +71,8 @@ class TrainingArguments(transformers.TrainingArguments):
     eval_strategy: str = field(default="no", metadata={
         "aliases": ["--evaluation_strategy"], "choices": ["no", "steps", "epoch"],
         "help": "When to evaluate during training (--evaluation_strategy is the old name)."})
-    bf16: bool | None = field(default=None, metadata={
-        "help": "bf16 mixed precision. Default: on where the GPU or CPU computes bf16 natively, else off."})
+    bf16: bool = field(default_factory=lambda: native_bf16(), metadata={
+        "help": "bf16 mixed precision. Default: on where the GPU or CPU computes bf16 natively (--bf16 false: off)."})
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
     num_train_epochs: float = field(default=1, metadata={"help": "Epochs to train."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Prompts per batch per device."})
@@ -79,12 +86,12 @@ class TrainingArguments(transformers.TrainingArguments):
     save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every this many steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
 
-
-def native_bf16() -> bool:
-    """bf16 pays only where the hardware computes it natively; elsewhere it is emulated and slower."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    def __post_init__(self):
+        if self.fp16:  # an explicit --fp16 wins over the bf16 default
+            self.bf16 = False
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # Trainer accepts bf16 without a GPU only when told it runs on the CPU
+        super().__post_init__()
 
 
 def load_splits(args: DataArguments) -> DatasetDict:
@@ -157,7 +164,7 @@ Continues Stable Diffusion prompts keyword by keyword; written by `run_clm.py`.
 
 - Base model: {model_args.model_name_or_path or f"GPT-2 from scratch ({model_args.scratch_config})"}
 - Data: {data_args.dataset_name or "bundled demo prompts (synthetic)"}, column `{data_args.text_column}`
-- Recipe: {args.num_train_epochs} epochs, learning rate {args.learning_rate}, {args.lr_scheduler_type} schedule,
+- Recipe: {args.num_train_epochs} epochs, learning rate {args.learning_rate}, {getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)} schedule,
   batch {args.per_device_train_batch_size} per device, bf16={args.bf16}, fp16={args.fp16}
 
 | metric | value |
@@ -173,8 +180,6 @@ Score it: `python eval.py --model_name_or_path {folder}`
 def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses()
-    if training_args.bf16 is None:
-        training_args.bf16 = native_bf16() and not training_args.fp16
     training_args.dataloader_pin_memory &= torch.cuda.is_available()  # pinning only helps host-to-GPU copies
     set_seed(training_args.seed)
     started = time.time()

@@ -59,10 +59,12 @@ def main() -> None:
         sys.exit("error: empty prompt. Give the first keyword(s), e.g. --prompt 'young, curly haired,'.")
     model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16, args.bf16)
 
-    room = utils.model_context(model) - args.length
-    if room < 1:
-        sys.exit(f"error: --length {args.length} leaves no room for the prompt in the model's "
-                 f"{utils.model_context(model)}-token context; lower it.")
+    context = utils.model_context(model)
+    if args.length >= context:
+        print(f"note: --length {args.length} does not fit the model's {context}-token context with a prompt; "
+              f"using {context // 2}.", file=sys.stderr)
+        args.length = context // 2
+    room = context - args.length
     for n, text in enumerate(inputs):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > room:
