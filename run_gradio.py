@@ -55,7 +55,10 @@ def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8)
                 preset["num_beams"] = max(preset["num_beams"], int(candidates))
             else:
                 candidates = 1
-        max_new_tokens = min(12 * num_keywords + 16, utils.model_context(model) - 64)
+        room = utils.model_context(model) - len(tokenizer(text + ",")["input_ids"])
+        if room < 8:
+            raise ValueError("Those keywords fill the model's context; give fewer.")
+        max_new_tokens = min(12 * int(num_keywords) + 16, room)  # ample for the keywords asked for
         with model_lock:
             set_seed(int(seed))
             return utils.generate_prompts(model, tokenizer, [text + ","], preset, max_new_tokens,
@@ -93,9 +96,9 @@ def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8)
                 negative_prompt = gr.Textbox(label="Negative prompt (image)", placeholder="blurry, low quality")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
-                prompts = gr.Textbox(label="Prompt", lines=4, buttons=["copy"])
+                prompts = gr.Textbox(label="Prompt", lines=4, buttons=["copy"], elem_id="prompt")
                 status = gr.Markdown()
-                image = gr.Image(label="Image", type="pil", format="png")
+                image = gr.Image(label="Image", type="pil", format="png", elem_id="image")
         gr.Examples(EXAMPLES, inputs=[keywords])
         inputs = [keywords, num_keywords, strategy, seed, candidates, negative_prompt]
         button.click(generate, inputs, [prompts, image, status], api_name="generate",
