@@ -47,8 +47,8 @@ class EvalArguments:
     fp16: bool = field(default=False, metadata={"help": "Run the model in float16 (GPU)."})
     bf16: bool = field(default=False, metadata={"help": "Run the model in bfloat16."})
     no_early_stop: bool = field(default=False, metadata={
-        "help": "Generate every sequence to the model's context (up to 1,024 tokens) instead of stopping once the "
-                "needed keywords are there. Same scores, far slower: for benchmarks."})
+        "help": "Generate every sequence to the model's context (up to 1,024 tokens), past EOS and past the keywords "
+                "needed, as the original recipe did; then cut. Same scores, far slower: for benchmarks."})
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results. Default: the checkpoint."})
 
 
@@ -70,7 +70,8 @@ def evaluate(model, tokenizer, references: list[str], num_input_keywords: int, p
         batch_inputs = [inputs[i] for i in batch]
         prompt_tokens = max(len(ids) for ids in tokenizer(batch_inputs, add_special_tokens=False)["input_ids"])
         if args.no_early_stop:
-            texts = utils.generate_prompts(model, tokenizer, batch_inputs, preset, context - prompt_tokens)
+            texts = utils.generate_prompts(model, tokenizer, batch_inputs, preset, context - prompt_tokens,
+                                           stop_at_eos=False)
             texts = [utils.cut_to_keywords(t, num_keywords[i]) for t, i in zip(texts, batch)]
         else:
             # A prediction never needs many more tokens than its reference; 2x leaves room for wordier keywords.

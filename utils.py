@@ -209,9 +209,12 @@ class KeywordStoppingCriteria(StoppingCriteria):
 
 
 def generate_prompts(model, tokenizer, inputs: list[str], preset: dict, max_new_tokens: int,
-                     num_keywords: list[int] | None = None, num_return_sequences: int = 1) -> list[str]:
+                     num_keywords: list[int] | None = None, num_return_sequences: int = 1,
+                     stop_at_eos: bool = True) -> list[str]:
     """Continue each input; return the cleaned full prompts (num_return_sequences per input, in order).
-    With num_keywords, each sequence stops and is cut once it holds that many keywords."""
+    With num_keywords, each sequence stops and is cut once it holds that many keywords. stop_at_eos=False
+    generates all max_new_tokens as the original recipe did (its model never learned to stop); the text
+    is cut at the first EOS all the same, so the result is the one of stopping there."""
     batch = tokenizer(inputs, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_length = batch["input_ids"].shape[1]
     stopping = None
@@ -219,10 +222,14 @@ def generate_prompts(model, tokenizer, inputs: list[str], preset: dict, max_new_
         commas_needed = [max(n - text.count(","), 0) for text, n in zip(inputs, num_keywords)]
         stopping = StoppingCriteriaList([KeywordStoppingCriteria(
             tokenizer, model.config.vocab_size, prompt_length, commas_needed)])
+    extra = {} if stop_at_eos else {"eos_token_id": []}
     with torch.inference_mode():
-        output = model.generate(**batch, **preset, max_new_tokens=max_new_tokens, stopping_criteria=stopping,
-                                num_return_sequences=num_return_sequences)
-    continuations = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+        output = model.generate(**batch, **preset, **extra, max_new_tokens=max_new_tokens,
+                                stopping_criteria=stopping, num_return_sequences=num_return_sequences)
+    new_tokens = [row.tolist() for row in output[:, prompt_length:]]
+    eos = tokenizer.eos_token_id
+    new_tokens = [row[: row.index(eos)] if eos in row else row for row in new_tokens]
+    continuations = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     prompts = [clean_prompt(inputs[i // num_return_sequences] + text) for i, text in enumerate(continuations)]
     if num_keywords is not None:
         prompts = [cut_to_keywords(p, num_keywords[i // num_return_sequences]) for i, p in enumerate(prompts)]

@@ -1,0 +1,38 @@
+"""Two CPU processes (gloo) under torchrun: training steps add up, eval scores equal one process."""
+
+import json
+import subprocess
+import sys
+
+from transformers import AutoModelForCausalLM
+
+from conftest import OFFLINE, ROOT, TINY, run
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+
+
+def torchrun(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          env={**OFFLINE, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=600)
+
+
+def test_two_process_training(tmp_path):
+    out = tmp_path / "ddp"
+    result = torchrun("run_clm.py", "--output_dir", out, "--max_steps", "4", "--per_device_train_batch_size", "4",
+                      "--max_train_samples", "64", "--max_eval_samples", "8", *TINY)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 1
+    # 4 steps x 2 processes x 4 prompts: 32 prompts seen.
+    assert json.loads((out / "train_results.json").read_text())["epoch"] == 0.5
+
+
+def test_two_process_eval_equals_one(tiny_checkpoint, tmp_path):
+    args = ["--model_name_or_path", tiny_checkpoint, "--strategy", "greedy,top_k", "--max_samples", "20",
+            "--batch_size", "4"]
+    single = run("eval.py", *args, "--output_dir", tmp_path / "one")
+    double = torchrun("eval.py", *args, "--output_dir", tmp_path / "two")
+    assert single.returncode == 0 and double.returncode == 0, double.stderr[-4000:]
+    read = lambda d: json.loads((tmp_path / d / "rouge.json").read_text())
+    assert read("one")["scores"] == read("two")["scores"] and read("two")["num_prompts"] == 20
