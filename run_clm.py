@@ -85,12 +85,14 @@ class TrainingArguments(transformers.TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log the loss every this many steps."})
     save_steps: float = field(default=500, metadata={"help": "Save a resumable checkpoint every this many steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "Every weight of a causal LM is used each step; searching for unused ones costs a graph walk."})
 
     def __post_init__(self):
         if self.fp16:  # an explicit --fp16 wins over the bf16 default
             self.bf16 = False
-        if self.bf16 and not torch.cuda.is_available():
-            self.use_cpu = True  # Trainer accepts bf16 without a GPU only when told it runs on the CPU
+        if not torch.cuda.is_available() and (self.bf16 or int(os.environ.get("WORLD_SIZE", 1)) > 1):
+            self.use_cpu = True  # how Trainer knows to run bf16, or gloo DDP under torchrun, on CPUs
         super().__post_init__()
 
 
@@ -184,7 +186,8 @@ def main() -> None:
     set_seed(training_args.seed)
     started = time.time()
 
-    resume_from = prepare_output_dir(training_args)
+    with training_args.main_process_first(local=False):  # one process clears or checks the folder first
+        resume_from = prepare_output_dir(training_args)
     prompts = load_splits(data_args)
     model, tokenizer = load_model_and_tokenizer(model_args)
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)

@@ -1,6 +1,7 @@
 """Two CPU processes (gloo) under torchrun: training steps add up, eval scores equal one process."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -8,12 +9,14 @@ from transformers import AutoModelForCausalLM
 
 from conftest import OFFLINE, ROOT, TINY, run
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
-
-
 def torchrun(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          env={**OFFLINE, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               "--master_addr=127.0.0.1", str(ROOT / script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env={**OFFLINE, "OMP_NUM_THREADS": "1"},
+                          cwd=ROOT, timeout=300)
 
 
 def test_two_process_training(tmp_path):
