@@ -166,7 +166,7 @@ Continues Stable Diffusion prompts keyword by keyword; written by `run_clm.py`.
 
 - Base model: {model_args.model_name_or_path or f"GPT-2 from scratch ({model_args.scratch_config})"}
 - Data: {data_args.dataset_name or "bundled demo prompts (synthetic)"}, column `{data_args.text_column}`
-- Recipe: {args.num_train_epochs} epochs, learning rate {args.learning_rate}, {getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)} schedule,
+- Recipe: {f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs} epochs"}, learning rate {args.learning_rate}, {getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)} schedule,
   batch {args.per_device_train_batch_size} per device, bf16={args.bf16}, fp16={args.fp16}
 
 | metric | value |
@@ -186,11 +186,12 @@ def main() -> None:
     set_seed(training_args.seed)
     started = time.time()
 
-    with training_args.main_process_first(local=False):  # one process clears or checks the folder first
-        resume_from = prepare_output_dir(training_args)
     prompts = load_splits(data_args)
     model, tokenizer = load_model_and_tokenizer(model_args)
-    context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    # Only now, with data and model known good, may an explicit --overwrite_output_dir delete anything.
+    with training_args.main_process_first(local=False):  # one process clears or checks the folder first
+        resume_from = prepare_output_dir(training_args)
+    context = utils.model_context(model)
     max_length = min(data_args.max_seq_length or context, context)
     tokenized = prompts.map(utils.tokenize_prompts, batched=True, remove_columns=["Prompt"],
                             fn_kwargs=dict(tokenizer=tokenizer, text_column="Prompt", max_length=max_length),
