@@ -36,8 +36,9 @@ class KarloHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path.startswith("/images/"):
-            self._send(200, png_bytes(), "image/png")
+        if self.path.startswith("/images/"):  # a different picture per request, as a real service gives
+            number = int(self.path.split("/")[-1].split(".")[0])
+            self._send(200, png_bytes((200, 40, number % 256)), "image/png")
         else:
             self._send(404, b"{}")
 
@@ -59,9 +60,9 @@ class KarloHandler(BaseHTTPRequestHandler):
         if mode == "garbage":
             return self._send(200, b"<html>not json", "text/html")
         if body.get("return_type") == "base64_string" or mode == "base64":
-            image = base64.b64encode(png_bytes((40, 200, 40))).decode()
+            image = base64.b64encode(png_bytes((40, 200, len(server.requests) % 256))).decode()
         else:
-            image = f"http://127.0.0.1:{server.server_port}/images/1.png"
+            image = f"http://127.0.0.1:{server.server_port}/images/{len(server.requests)}.png"
         answer = {"id": "t2i-1", "model_version": "v2.1", "images": [{"id": "1", "seed": 7, "image": image,
                                                                       "nsfw_content_detected": False}]}
         self._send(200, json.dumps(answer).encode())
