@@ -134,6 +134,19 @@ def plot(scores: dict, input_types: list[str], strategies: list[str], path: str)
     figure.savefig(path, dpi=120)
 
 
+def update_model_card(model_folder: str, table: str, result: dict) -> None:
+    """Put the table into the model card run_clm.py wrote, one section per prompt set, replacing an older one."""
+    card = os.path.join(model_folder, "README.md")
+    if not os.path.isfile(card):
+        return
+    dataset = result["dataset"] or "held-out split saved with the model"
+    heading = f"## Keyword-aligned ROUGE-L: {dataset}"
+    sections = [s for s in open(card).read().rstrip("\n").split("\n\n## ") if ("## " + s).split("\n")[0] != heading]
+    body = f"{heading}\n\n{result['num_prompts']} prompts, `python eval.py` ({result['seconds']} s):\n\n{table}"
+    with open(card, "w") as f:
+        f.write("\n\n## ".join(sections) + "\n\n" + body + "\n")
+
+
 def main() -> None:
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses()
     strategies = list(utils.PRESETS) if args.strategy == "all" else args.strategy.split(",")
@@ -167,13 +180,14 @@ def main() -> None:
     print(table)
     folder = args.output_dir or args.model_name_or_path
     os.makedirs(folder, exist_ok=True)
-    result = {"model": args.model_name_or_path, "num_prompts": len(references), "seed": args.seed,
+    result = {"model": args.model_name_or_path, "dataset": args.dataset_name, "num_prompts": len(references), "seed": args.seed,
               "early_stop": not args.no_early_stop, "seconds": round(time.time() - started, 1), "scores": scores}
     with open(os.path.join(folder, "rouge.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(folder, "rouge.md"), "w") as f:
         f.write(table + "\n")
     plot(scores, input_types, strategies, os.path.join(folder, "rouge.png"))
+    update_model_card(args.model_name_or_path, table, result)
     print(f"\nWrote rouge.json, rouge.md and rouge.png to {folder} ({result['seconds']} s)")
 
 

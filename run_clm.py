@@ -7,6 +7,7 @@ Writes a save_pretrained folder (model, tokenizer, generation config, the cleane
 model card) that eval.py, run_generation.py and run_gradio.py read. Run with --help for every flag.
 """
 
+import importlib.util
 import math
 import os
 import shutil
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 from datasets import DatasetDict
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel,
-                          HfArgumentParser, Trainer, set_seed)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, GgufConfig, GPT2Config,
+                          GPT2LMHeadModel, HfArgumentParser, Trainer, set_seed)
 from transformers.trainer_utils import get_last_checkpoint
 
 import utils
@@ -36,7 +37,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "Hub name or local folder of the model to fine-tune. Default: a small GPT-2 trained from scratch."})
     gguf_file: str | None = field(default=None, metadata={
-        "help": "GGUF file inside --model_name_or_path to start from (needs the gguf package)."})
+        "help": "GGUF checkpoint to start from (llama.cpp format; needs the gguf package): a path to the .gguf "
+                "file, or its name inside --model_name_or_path. Saved as plain safetensors."})
     tokenizer_name: str | None = field(default=None, metadata={
         "help": "Tokenizer name or folder. Default: the model's, or the bundled GPT-2 tokenizer from scratch."})
     scratch_config: str = field(default="n_layer=2,n_embd=128,n_head=4,n_positions=256", metadata={
@@ -117,6 +119,12 @@ def load_splits(args: DataArguments) -> DatasetDict:
 
 
 def load_model_and_tokenizer(args: ModelArguments):
+    if args.gguf_file and os.path.isfile(args.gguf_file) and not args.model_name_or_path:
+        args.model_name_or_path, args.gguf_file = os.path.split(os.path.abspath(args.gguf_file))
+    if args.gguf_file and not args.model_name_or_path:
+        sys.exit(f"error: GGUF file {args.gguf_file} not found. Pass its path, or its name with --model_name_or_path.")
+    if args.gguf_file and importlib.util.find_spec("gguf") is None:
+        sys.exit("error: --gguf_file needs the gguf package: pip install gguf")
     path = args.model_name_or_path
     if path and utils.looks_like_path(path) and not os.path.exists(path):
         sys.exit(f"error: model folder {path} does not exist.")
@@ -129,7 +137,11 @@ def load_model_and_tokenizer(args: ModelArguments):
             config.update_from_string(args.scratch_config)
             model = GPT2LMHeadModel(config)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, gguf_file=args.gguf_file, dtype=args.dtype)
+            # A GGUF is unpacked into dense weights: trainable, and saved as plain safetensors.
+            gguf = dict(gguf_file=args.gguf_file, quantization_config=GgufConfig(dequantize=True)) if args.gguf_file else {}
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=args.dtype, **gguf)
+            if getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer.remove_quantization_config(model)
     except OSError as e:
         sys.exit(f"error: could not load {path or tokenizer_source}: {e}\nWithout Hub access pass a local folder.")
     if path is None and args.dtype not in ("auto", "float32"):
@@ -159,12 +171,15 @@ def prepare_output_dir(args: TrainingArguments) -> str | None:
 
 def write_model_card(folder: str, model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
                      metrics: dict) -> None:
+    base = model_args.model_name_or_path or f"GPT-2 from scratch ({model_args.scratch_config})"
+    if model_args.gguf_file:
+        base = os.path.join(base, model_args.gguf_file)
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     text = f"""# Prompt continuation model
 
 Continues Stable Diffusion prompts keyword by keyword; written by `run_clm.py`.
 
-- Base model: {model_args.model_name_or_path or f"GPT-2 from scratch ({model_args.scratch_config})"}
+- Base model: {base}
 - Data: {data_args.dataset_name or "bundled demo prompts (synthetic)"}, column `{data_args.text_column}`
 - Recipe: {f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs} epochs"}, learning rate {args.learning_rate}, {getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)} schedule,
   batch {args.per_device_train_batch_size} per device, bf16={args.bf16}, fp16={args.fp16}

@@ -13,10 +13,11 @@ TINY = ["--scratch_config", "n_layer=1,n_embd=64,n_head=2,n_positions=64", "--di
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run(script: str, *args: str, stdin: str | None = None, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
-    """Run one of the product's scripts as a user would."""
+def run(script: str, *args: str, stdin: str | None = None, timeout: int = 600, cwd: Path = ROOT,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of the product's scripts as a user would (env: extra variables)."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=OFFLINE, cwd=popen.get("cwd", ROOT))
+                          text=True, timeout=timeout, env={**OFFLINE, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture(scope="session")

