@@ -19,11 +19,17 @@ import utils  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", default=utils.DEFAULT_CHECKPOINT, help="checkpoint folder")
+    parser.add_argument("--dataset_name", default=None,
+                        help="prompt file or folder to start from (default: the eval split saved in the checkpoint)")
     parser.add_argument("--num_prompts", type=int, default=100, help="held-out prompts to start from")
     parser.add_argument("--output", default="bench/results/eos_stop.json", help="JSON to write")
     args = parser.parse_args()
     model, tokenizer = utils.load_checkpoint(args.model_name_or_path, "cpu")
-    prompts = utils.load_eval_prompts(args.model_name_or_path)[: args.num_prompts]
+    if args.dataset_name:
+        dataset = utils.load_prompts(args.dataset_name)
+        prompts = dataset[next(s for s in ("validation", "test", "train") if s in dataset)]["Prompt"][: args.num_prompts]
+    else:
+        prompts = utils.load_eval_prompts(args.model_name_or_path)[: args.num_prompts]
     inputs = [utils.first_keywords(p, 1) for p in prompts]
     limit = min(utils.model_context(model), 1024)
     lengths = []
@@ -34,7 +40,7 @@ def main() -> None:
         for row in output[:, batch["input_ids"].shape[1]:].tolist():
             lengths.append(row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else None)
     stopped = [n for n in lengths if n is not None]
-    result = {"num_prompts": len(lengths), "stopped_share": round(len(stopped) / len(lengths), 3),
+    result = {"model": args.model_name_or_path, "num_prompts": len(lengths), "stopped_share": round(len(stopped) / len(lengths), 3),
               "median_new_tokens_when_stopped": statistics.median(stopped) if stopped else None,
               "max_new_tokens_when_stopped": max(stopped) if stopped else None, "context": limit}
     print(json.dumps(result, indent=2))

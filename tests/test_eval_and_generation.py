@@ -66,6 +66,10 @@ def test_run_generation_prompt_and_stdin(tiny_checkpoint):
     assert piped.returncode == 0, piped.stderr[-3000:]
     outputs = piped.stdout.splitlines()
     assert len(outputs) == 2 and outputs[0].startswith("a castle") and outputs[1].startswith("an owl")
+    beams = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--strategy", "beam", "--prompt",
+                "a castle,", "--num_keywords", "6", "--num_return_sequences", "5")  # more than the preset's 3 beams
+    assert beams.returncode == 0, beams.stderr[-3000:]
+    assert len(beams.stdout.splitlines()) == 5
 
 
 def test_run_generation_original_flags_and_seed(tiny_checkpoint):
