@@ -22,15 +22,15 @@ class GenerationArguments:
         "help": "Accepted for compatibility; the architecture is read from the checkpoint."})
     prompt: str | None = field(default=None, metadata={
         "help": "The first keyword(s), e.g. 'young, curly haired,'. Default: one prompt per line of standard input."})
-    strategy: str = field(default="no_repeat_ngram", metadata={
+    strategy: str = field(default="beam", metadata={
         "choices": list(utils.PRESETS), "help": "Decoding preset; the flags below override its settings."})
     length: int = field(default=128, metadata={"help": "Most new tokens to generate."})
     num_keywords: int | None = field(default=None, metadata={
         "help": "Stop once the prompt holds this many keywords (input ones included)."})
     num_return_sequences: int = field(default=1, metadata={"help": "Prompts to write per input."})
-    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature (turns sampling on)."})
-    k: int | None = field(default=None, metadata={"help": "Top-k sampling (turns sampling on)."})
-    p: float | None = field(default=None, metadata={"help": "Top-p (nucleus) sampling (turns sampling on)."})
+    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature (turns sampling on, beam search off)."})
+    k: int | None = field(default=None, metadata={"help": "Top-k sampling (turns sampling on, beam search off)."})
+    p: float | None = field(default=None, metadata={"help": "Top-p (nucleus) sampling (turns sampling on, beam search off)."})
     num_beams: int | None = field(default=None, metadata={"help": "Beam search width."})
     no_repeat_ngram_size: int | None = field(default=None, metadata={"help": "Never repeat an n-gram of this size."})
     seed: int = field(default=42, metadata={"help": "Random seed for the sampling presets."})
@@ -43,8 +43,8 @@ def decoding_settings(args: GenerationArguments) -> dict:
     """The preset, overridden by any flag given; sampling knobs switch sampling on."""
     settings = dict(utils.PRESETS[args.strategy])
     overrides = {"temperature": args.temperature, "top_k": args.k, "top_p": args.p}
-    if any(v is not None for v in overrides.values()):
-        settings["do_sample"] = True
+    if any(v is not None for v in overrides.values()):  # sampling, as the original script did: no beams
+        settings.update(do_sample=True, num_beams=1)
     overrides.update(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
     settings.update({name: value for name, value in overrides.items() if value is not None})
     if settings.get("num_beams", 1) > 1:  # beam search returns at most one sequence per beam

@@ -89,7 +89,7 @@ def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8)
             with gr.Column():
                 keywords = gr.Textbox(label="Keywords", placeholder="young, curly haired,", max_lines=2)
                 num_keywords = gr.Slider(1, 20, value=12, step=1, label="Number of keywords")
-                strategy = gr.Dropdown(list(utils.PRESETS), value="no_repeat_ngram", label="Strategy")
+                strategy = gr.Dropdown(list(utils.PRESETS), value="beam", label="Strategy")
                 with gr.Row():
                     seed = gr.Number(value=42, precision=0, label="Seed")
                     candidates = gr.Slider(1, 4, value=1, step=1, label="Candidates")

@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--model_name_or_path", default=utils.DEFAULT_CHECKPOINT, help="checkpoint folder")
     parser.add_argument("--prompt", default="young, curly haired,", help="input keywords")
     parser.add_argument("--num_keywords", type=int, default=12, help="keywords to write (the demo's default)")
-    parser.add_argument("--strategy", default="no_repeat_ngram", choices=list(utils.PRESETS))
+    parser.add_argument("--strategy", default="beam", choices=list(utils.PRESETS))
     parser.add_argument("--repeats", type=int, default=30, help="timed calls")
     parser.add_argument("--output", default="bench/results/latency.json", help="JSON to write")
     args = parser.parse_args()
