@@ -1,6 +1,6 @@
-"""Evaluation speed: eval.py's path (stop at EOS or once the needed keywords are there, tokens bounded by
-the reference) against generating every sequence to the model's context (at most 1,024 tokens) as the
-original recipe did. Same checkpoint, same prompts; checks the ROUGE is identical.
+"""Evaluation speed: eval.py's path (each sequence stops at EOS or once it holds the keywords its reference
+has) against generating every sequence to the model's context (at most 1,024 tokens) as the original recipe
+did. Same checkpoint, same prompts; checks the ROUGE is identical.
 
 The original generated to 1,024 tokens. A small GPT-2 trained here has a shorter context; --context 1024
 lengthens its position table (positions past the trained ones repeat the last trained row) so both paths

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import utils
 from conftest import STAND_IN, run
@@ -39,6 +40,28 @@ def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, t
     assert read("early") == read("full")
     for strategy in ("greedy", "no_repeat_ngram", "top_k"):
         assert read("early")["two_keyword"][strategy]["rougeL"] > 0
+
+
+def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_commas():
+    """An untrained model rambles for the whole context without a comma: eval.py must not cut it any sooner."""
+    import eval as evaluation
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER)
+    utils.ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "left"
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=160)).eval()
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    references = utils.rouge_references(utils.load_prompts(str(STAND_IN / "test.parquet"))["train"]["Prompt"])[:6]
+    predictions = {}
+    for no_early_stop in (False, True):
+        options = evaluation.EvalArguments(batch_size=3, no_early_stop=no_early_stop)
+        predictions[no_early_stop] = evaluation.evaluate(model, tokenizer, references, 1, utils.PRESETS["greedy"], options)
+    assert predictions[False] == predictions[True]
+    # The case that matters: continuations far longer than their references, run to the context's end.
+    longest = max(len(tokenizer(p)["input_ids"]) for p in predictions[False])
+    assert longest > 2 * max(len(tokenizer(r)["input_ids"]) for r in references) + 16
 
 
 def test_eval_errors(tiny_checkpoint, tmp_path):
