@@ -47,8 +47,6 @@ def decoding_settings(args: GenerationArguments) -> dict:
         settings.update(do_sample=True, num_beams=1)
     overrides.update(num_beams=args.num_beams, no_repeat_ngram_size=args.no_repeat_ngram_size)
     settings.update({name: value for name, value in overrides.items() if value is not None})
-    if settings.get("num_beams", 1) > 1:  # beam search returns at most one sequence per beam
-        settings["num_beams"] = max(settings["num_beams"], args.num_return_sequences)
     return settings
 
 

@@ -49,12 +49,9 @@ def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8)
         if len(keywords) > MAX_INPUT_CHARS:
             raise ValueError(f"That is {len(keywords)} characters; give the first few keywords "
                              f"(at most {MAX_INPUT_CHARS} characters).")
-        preset = dict(utils.PRESETS[strategy])
-        if not preset["do_sample"]:  # greedy gives one answer; beam search as many as it has beams
-            if preset["num_beams"] > 1:
-                preset["num_beams"] = max(preset["num_beams"], int(candidates))
-            else:
-                candidates = 1
+        preset = utils.PRESETS[strategy]
+        if not preset["do_sample"] and preset["num_beams"] == 1:  # greedy has one answer only
+            candidates = 1
         room = utils.model_context(model) - len(tokenizer(text + ",")["input_ids"])
         if room < 8:
             raise ValueError("Those keywords fill the model's context; give fewer.")

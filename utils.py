@@ -215,6 +215,8 @@ def generate_prompts(model, tokenizer, inputs: list[str], preset: dict, max_new_
     With num_keywords, each sequence stops and is cut once it holds that many keywords. stop_at_eos=False
     generates all max_new_tokens as the original recipe did (its model never learned to stop); the text
     is cut at the first EOS all the same, so the result is the one of stopping there."""
+    if preset.get("num_beams", 1) > 1:  # beam search returns at most one sequence per beam
+        preset = {**preset, "num_beams": max(preset["num_beams"], num_return_sequences)}
     batch = tokenizer(inputs, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_length = batch["input_ids"].shape[1]
     stopping = None
