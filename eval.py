@@ -174,6 +174,8 @@ def main() -> None:
                                           utils.PRESETS[strategy], args, rank, world_size))
             scores[input_type][strategy] = utils.keyword_aligned_rouge(references, predictions,
                                                                        INPUT_TYPES[input_type])
+    if world_size > 1:  # every prediction is gathered; an exit with gloo threads alive aborts
+        dist.destroy_process_group()
     if rank != 0:
         return
     table = markdown_table(scores, input_types, strategies)
