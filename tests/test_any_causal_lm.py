@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import utils
 from bench.quality import smollm2_gguf
 from conftest import run
+from test_demo import ask, launch
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,10 @@ def test_fine_tunes_from_a_real_gguf_and_saves_plain_safetensors(tmp_path):
     assert generated.stdout.startswith("a castle,")
     scored = run("eval.py", "--model_name_or_path", out, "--strategy", "greedy", "--max_samples", "4", env=env)
     assert scored.returncode == 0, scored.stderr[-3000:]
+    process, url = launch(out, {**env, "KARLO_API_KEY": "", "KARLO_API_URL": "http://127.0.0.1:9"})
+    try:
+        prompt, image, status = ask(url, "a castle,", num_keywords=4, strategy="beam")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert prompt.startswith("a castle,") and "KARLO_API_KEY" in status
