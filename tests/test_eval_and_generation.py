@@ -42,17 +42,15 @@ def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, t
         assert read("early")["two_keyword"][strategy]["rougeL"] > 0
 
 
-def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_commas():
+def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_commas(tmp_path):
     """An untrained model rambles for the whole context without a comma: eval.py must not cut it any sooner."""
     import eval as evaluation
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER)
-    utils.ensure_pad_token(tokenizer)
-    tokenizer.padding_side = "left"
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=160)).eval()
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=160)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER).save_pretrained(tmp_path)
+    model, tokenizer = utils.load_checkpoint(str(tmp_path), "cpu")
     references = utils.rouge_references(utils.load_prompts(str(STAND_IN / "test.parquet"))["train"]["Prompt"])[:6]
     predictions = {}
     for no_early_stop in (False, True):
