@@ -4,13 +4,16 @@ model loading and keyword-aware generation."""
 import json
 import os
 import re
+import resource
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from datasets import DatasetDict, load_dataset
 from rouge_score import rouge_scorer
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
 ROOT = Path(__file__).resolve().parent
@@ -51,8 +54,8 @@ def first_keywords(prompt: str, k: int) -> str:
 
 
 def cut_to_keywords(prompt: str, n: int) -> str:
-    """The prompt cut after its n-th keyword."""
-    return ", ".join(split_keywords(prompt)[:n])
+    """The prompt cut after its n-th keyword, without empty keywords left dangling at the end (as clean_prompt)."""
+    return ", ".join(split_keywords(prompt)[:n]).rstrip(", ")
 
 
 def looks_like_path(name: str) -> bool:
@@ -70,6 +73,24 @@ def tokenize_prompts(batch: dict, tokenizer, text_column: str, max_length: int) 
     ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
     ids = [x[: max_length - 1] + [tokenizer.eos_token_id] for x in ids]
     return {"input_ids": ids, "labels": ids, "length": [len(x) for x in ids]}
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, output_layer: torch.nn.Module, labels: torch.Tensor,
+                           chunk_tokens: int, num_items: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The causal LM loss the model computes itself (position t predicts label t+1, -100 ignored; a sum over
+    num_items when given, as the Trainer asks, else a mean), made chunk_tokens labelled positions at a time.
+    Each chunk's logits are made, used and dropped, and made again in the backward pass: the float32 logits
+    of the whole batch never exist, and padded positions cost nothing."""
+    targets = labels[:, 1:].reshape(-1)
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])[targets != -100]
+    targets = targets[targets != -100]
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(output_layer(h).float(), t, reduction="sum")
+
+    total = sum(checkpoint(chunk_loss, hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens], use_reentrant=False)
+                for i in range(0, len(targets), chunk_tokens))
+    return total / (num_items if num_items is not None else max(len(targets), 1))
 
 
 def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -93,6 +114,18 @@ def ensure_pad_token(tokenizer) -> None:
     """Pad with the EOS when the tokenizer has no pad token: no new embedding row needed."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of this process so far: the GPU's allocations on CUDA, else the resident set (Linux's VmHWM,
+    which, unlike getrusage, does not inherit the peak of the process that started this one)."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20, 2)
+    except (OSError, AttributeError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def save_eval_prompts(prompts: list[str], folder: str) -> None:

@@ -30,13 +30,15 @@ def main() -> None:
     parser.add_argument("--input_type", default="one_keyword", choices=list(evaluation.INPUT_TYPES))
     parser.add_argument("--batch_size", type=int, default=32, help="prompts generated at once")
     parser.add_argument("--context", type=int, default=None, help="lengthen a GPT-2's context to this (see above)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--fp16", action="store_true", help="run the model in float16 (GPU), as eval.py --fp16")
     parser.add_argument("--output", default="bench/results/eval_speed.json", help="JSON to write")
     args = parser.parse_args()
 
-    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, "cpu")
+    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16)
     if args.context and args.context > model.config.n_positions:
         trained = model.transformer.wpe.weight.data
-        table = torch.nn.Embedding(args.context, trained.shape[1])
+        table = torch.nn.Embedding(args.context, trained.shape[1], device=trained.device, dtype=trained.dtype)
         table.weight.data[:] = trained[-1]
         table.weight.data[: len(trained)] = trained
         model.transformer.wpe, model.config.n_positions = table, args.context
@@ -47,13 +49,15 @@ def main() -> None:
         options = evaluation.EvalArguments(batch_size=args.batch_size, no_early_stop=no_early_stop)
         started = time.perf_counter()
         predictions = evaluation.evaluate(model, tokenizer, references, k, utils.PRESETS[args.strategy], options)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         rouge = utils.keyword_aligned_rouge(references, predictions, k)
         rows.append({"path": label, "seconds": round(seconds, 2), "prompts_per_s": round(len(references) / seconds, 2),
                      **rouge})
     speedup = rows[1]["seconds"] / rows[0]["seconds"]
     identical = all(rows[0][m] == rows[1][m] for m in ("rouge1", "rouge2", "rougeL"))
-    print(f"\n{len(references)} prompts, {args.strategy}, {args.input_type}, context "
+    print(f"\n{len(references)} prompts, {args.strategy}, {args.input_type}, {model.device.type} {model.dtype}, context "
           f"{min(utils.model_context(model), 1024)} tokens, {args.model_name_or_path}\n")
     print("| path | seconds | prompts/s | ROUGE-1 | ROUGE-2 | ROUGE-L |\n|---|---|---|---|---|---|")
     for r in rows:

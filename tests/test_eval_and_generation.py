@@ -30,6 +30,7 @@ def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
     assert "eval_accuracy" in card
 
 
+@pytest.mark.corpus
 def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, tmp_path):
     args = ["--model_name_or_path", tiny_checkpoint, "--dataset_name", STAND_IN / "test.parquet",
             "--strategy", "greedy,no_repeat_ngram,top_k", "--max_samples", "24", "--batch_size", "8"]
@@ -42,7 +43,7 @@ def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, t
         assert read("early")["two_keyword"][strategy]["rougeL"] > 0
 
 
-def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_commas(tmp_path):
+def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_commas(tmp_path, demo_corpus):
     """An untrained model rambles for the whole context without a comma: eval.py must not cut it any sooner."""
     import eval as evaluation
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -51,7 +52,7 @@ def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_comm
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=160)).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER).save_pretrained(tmp_path)
     model, tokenizer = utils.load_checkpoint(str(tmp_path), "cpu")
-    references = utils.rouge_references(utils.load_prompts(str(STAND_IN / "test.parquet"))["train"]["Prompt"])[:6]
+    references = utils.rouge_references(utils.load_prompts(str(demo_corpus / "test.parquet"))["train"]["Prompt"])[:6]
     predictions = {}
     for no_early_stop in (False, True):
         options = evaluation.EvalArguments(batch_size=3, no_early_stop=no_early_stop)

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import utils
-from conftest import OFFLINE, ROOT, STAND_IN, TINY, run
+from conftest import OFFLINE, ROOT, TINY, run
 
 
 def test_checkpoint_holds_what_the_next_stage_needs(tiny_checkpoint):
@@ -28,9 +28,9 @@ def test_checkpoint_holds_what_the_next_stage_needs(tiny_checkpoint):
     assert "eval_accuracy" in (tiny_checkpoint / "README.md").read_text()
 
 
-def test_original_recipe_flags_run_as_written(tiny_checkpoint, tmp_path):
-    # The seed's GPU command, pointed at a local GPT-2-shaped folder and the local stand-in corpus.
-    result = run("run_clm.py", f"--model_name_or_path={tiny_checkpoint}", f"--dataset_name={STAND_IN}",
+def test_original_recipe_flags_run_as_written(tiny_checkpoint, tmp_path, demo_corpus):
+    # The seed's GPU command, pointed at a local GPT-2-shaped folder and a local dataset folder (train/test parquet).
+    result = run("run_clm.py", f"--model_name_or_path={tiny_checkpoint}", f"--dataset_name={demo_corpus}",
                  "--per_device_train_batch_size=16", "--torch_dtype=bfloat16", "--num_train_epochs=10",
                  "--learning_rate=4e-4", "--do_train", "--do_eval", f"--output_dir={tmp_path / 'results'}",
                  "--save_steps=4000", "--evaluation_strategy=steps", "--eval_steps=4000",
@@ -106,3 +106,56 @@ def test_refuses_a_folder_of_other_files(tmp_path):
     result = run("run_clm.py", "--output_dir", out, "--max_steps", "1", *TINY)
     assert result.returncode != 0 and "--overwrite_output_dir" in result.stderr
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_bf16_default_from_the_command_line_is_what_help_says(tmp_path):
+    """HfArgumentParser ignores a boolean field's default_factory: the default must reach the parsed arguments."""
+    import torch
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # this machine has no GPU: the CPU decides
+    help_text = " ".join(run("run_clm.py", "--help").stdout.split())
+    assert f"computes bf16 natively (here: {native};" in help_text
+    out = tmp_path / "out"
+    result = run("run_clm.py", "--output_dir", out, "--max_steps", "2", "--max_eval_samples", "8", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"bf16={native}" in (out / "README.md").read_text()
+    off = run("run_clm.py", "--output_dir", tmp_path / "off", "--max_steps", "2", "--max_eval_samples", "8",
+              "--bf16", "false", *TINY)
+    assert off.returncode == 0 and "bf16=False" in (tmp_path / "off" / "README.md").read_text()
+
+
+def test_chunked_loss_is_the_models_own_loss_and_gradient():
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300, n_positions=32)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()  # eval: no dropout
+    ids = torch.randint(0, 300, (3, 12))
+    labels = ids.clone()
+    labels[0, 9:], labels[2, 5:] = -100, -100  # padding, as the collator writes it
+    mask = (labels != -100).long()
+    for num_items in (None, torch.tensor(40)):
+        model.zero_grad()
+        own = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=num_items).loss
+        own.backward()
+        own_grads = [p.grad.clone() for p in model.parameters()]
+        for chunk in (1, 7, 1024):
+            model.zero_grad()
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            chunked = utils.chunked_causal_lm_loss(hidden, model.get_output_embeddings(), labels, chunk, num_items)
+            chunked.backward()
+            assert torch.allclose(chunked, own, atol=1e-5)
+            assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(own_grads, model.parameters()))
+
+
+def test_default_training_logs_real_tokens_per_second_and_peak_memory(tmp_path):
+    out = tmp_path / "out"
+    result = run("run_clm.py", "--output_dir", out, "--max_steps", "4", "--logging_steps", "2",
+                 "--max_eval_samples", "8", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = json.loads((out / "train_results.json").read_text())
+    assert train["train_peak_memory_gib"] > 0.1
+    logs = [e for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(logs) == 2 and all(e["train_tokens_per_second"] > 0 for e in logs)
+    # Real tokens only: 4 batches of 64 demo prompts hold fewer tokens than 4 x 64 x the longest prompt.
+    assert 0 < logs[-1]["num_input_tokens_seen"] < 4 * 64 * 64
