@@ -54,7 +54,7 @@ class ModelArguments:
         "help": "GPT-2 shape when training from scratch (no --model_name_or_path), as key=value pairs."})
     attn_implementation: str | None = field(default=None if ON_GPU else "eager", metadata={
         "help": "Attention kernel: eager, sdpa, flash_attention_2... Default: eager on CPUs (for prompt-length "
-                "sequences it trains 1.5x faster than SDPA's CPU kernel, see bench/README.md), the model's own on GPUs."})
+                "sequences it trains faster than SDPA's CPU kernel, see bench/README.md), the model's own on GPUs."})
     dtype: str = field(default="auto", metadata={
         "aliases": ["--torch_dtype"], "choices": ["auto", "float32", "bfloat16", "float16"],
         "help": "Dtype the weights are loaded in (--torch_dtype is the old name). For mixed precision use --bf16/--fp16."})
@@ -91,13 +91,13 @@ class TrainingArguments(transformers.TrainingArguments):
     learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
     num_train_epochs: float = field(default=1, metadata={"help": "Epochs to train."})
     per_device_train_batch_size: int = field(default=64, metadata={
-        "help": "Prompts per batch per device. 64 trains the most real tokens per second on a CPU with the chunked "
-                "loss (32: 0.75x, 128: 0.9x of its rate; bench/README.md)."})
+        "help": "Prompts per batch per device. On a CPU 64 trains 1.18x the real tokens per second of 32 (128: 1.3x, "
+                "but a quarter of 32's optimizer steps per epoch; bench/README.md)."})
     optim: str = field(default="adamw_torch_fused", metadata={
         "help": "Optimizer (a Trainer name). Default: PyTorch's fused AdamW, one kernel per step on CPUs and GPUs."})
     loss_chunk_tokens: int = field(default=0 if ON_GPU else 1024, metadata={
         "help": "Compute the training loss this many tokens at a time, so the float32 logits of a whole batch never "
-                "exist (on a CPU with an 8k vocabulary 1.5x faster per step). 0: the model's own loss. Default: 1024 "
+                "exist and padded positions cost nothing. 0: the model's own loss. Default: 1024 "
                 "on CPUs, 0 on GPUs. Applies to one-process training; evaluation uses the model's own loss."})
     include_num_input_tokens_seen: str = field(default="non_padding", metadata={
         "help": "Count real (non-padding) tokens, so the logs show train_tokens_per_second."})
