@@ -4,18 +4,18 @@ import time
 
 import pytest
 
-import karlo_server
+import image_servers
 from karlo_api import KarloClient, KarloError
 
 
 @pytest.fixture(scope="module")
 def server():
-    server = karlo_server.start(hang_seconds=3)
+    server = image_servers.start("karlo", hang_seconds=3)
     yield server
     server.shutdown()
 
 
-def client(server, key=karlo_server.KEY, **options) -> KarloClient:
+def client(server, key=image_servers.KEY, **options) -> KarloClient:
     return KarloClient(api_key=key, base_url=f"http://127.0.0.1:{server.server_port}", timeout=1.0,
                        backoff=0.05, **options)
 
@@ -25,7 +25,7 @@ def test_url_images_are_downloaded(server):
     assert len(images) == 1 and images[0].size == (64, 48) and images[0].getpixel((0, 0))[:2] == (200, 40)
     request = server.requests[-1]
     assert request["path"] == "/v2/inference/karlo/t2i"
-    assert request["auth"] == f"KakaoAK {karlo_server.KEY}"
+    assert request["auth"] == f"KakaoAK {image_servers.KEY}"
     assert request["body"] == {"prompt": "url castle", "negative_prompt": "blurry", "width": 512}
 
 
@@ -49,7 +49,7 @@ def test_failures_explained_without_the_key(server, prompt, kind, words):
     with pytest.raises(KarloError) as error:
         client(server).text_to_image(prompt)
     assert error.value.kind == kind and words in str(error.value)
-    assert karlo_server.KEY not in str(error.value) and karlo_server.KEY not in repr(error.value)
+    assert image_servers.KEY not in str(error.value) and image_servers.KEY not in repr(error.value)
 
 
 def test_server_errors_are_retried_a_bounded_number_of_times(server):
@@ -79,10 +79,10 @@ def test_wrong_key_and_no_key(server, monkeypatch):
 
 
 def test_key_and_url_from_the_environment(server, monkeypatch):
-    monkeypatch.setenv("KARLO_API_KEY", karlo_server.KEY)
+    monkeypatch.setenv("KARLO_API_KEY", image_servers.KEY)
     monkeypatch.setenv("KARLO_API_URL", f"http://127.0.0.1:{server.server_port}")
     from_env = KarloClient(timeout=1.0)
-    assert from_env.has_key and karlo_server.KEY not in repr(from_env)
+    assert from_env.has_key and image_servers.KEY not in repr(from_env)
     assert from_env.text_to_image("url x")[0].size == (64, 48)
 
 
