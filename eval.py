@@ -49,6 +49,10 @@ class EvalArguments:
     no_early_stop: bool = field(default=False, metadata={
         "help": "Generate every sequence to the model's context (up to 1,024 tokens), past EOS and past the keywords "
                 "needed, as the original recipe did; then cut. Same scores, far slower: for benchmarks."})
+    no_repeat_keywords: bool = field(default=False, metadata={
+        "help": "Score with the demo's no-repeated-keyword control on (off by default, so scores compare with the "
+                "seed's table)."})
+    num_beams: int | None = field(default=None, metadata={"help": "Beam width of the beam preset (default 3, the seed's)."})
     output_dir: str | None = field(default=None, metadata={"help": "Where to write results. Default: the checkpoint."})
 
 
@@ -77,7 +81,8 @@ def evaluate(model, tokenizer, references: list[str], num_input_keywords: int, p
             # No token bound of its own: a row stops at EOS or once it holds its keywords, so the text is the
             # one the full-length run would keep, even for a model that rambles without commas.
             texts = utils.generate_prompts(model, tokenizer, batch_inputs, preset, room,
-                                           num_keywords=[num_keywords[i] for i in batch])
+                                           num_keywords=[num_keywords[i] for i in batch],
+                                           no_repeat_keywords=args.no_repeat_keywords)
         predictions.update(zip(batch, texts))
     return [predictions.get(i) for i in range(len(references))]
 
@@ -170,8 +175,11 @@ def main() -> None:
         for strategy in strategies:
             if rank == 0:
                 print(f"{ROW_NAMES[input_type]}, {strategy}: {len(references)} prompts", file=sys.stderr)
-            predictions = gather(evaluate(model, tokenizer, references, INPUT_TYPES[input_type],
-                                          utils.PRESETS[strategy], args, rank, world_size))
+            preset = utils.PRESETS[strategy]
+            if args.num_beams and preset.get("num_beams", 1) > 1:
+                preset = {**preset, "num_beams": args.num_beams}
+            predictions = gather(evaluate(model, tokenizer, references, INPUT_TYPES[input_type], preset, args,
+                                          rank, world_size))
             scores[input_type][strategy] = utils.keyword_aligned_rouge(references, predictions,
                                                                        INPUT_TYPES[input_type])
     if world_size > 1:  # every prediction is gathered; an exit with gloo threads alive aborts
@@ -183,7 +191,8 @@ def main() -> None:
     folder = args.output_dir or args.model_name_or_path
     os.makedirs(folder, exist_ok=True)
     result = {"model": args.model_name_or_path, "dataset": args.dataset_name, "num_prompts": len(references), "seed": args.seed,
-              "early_stop": not args.no_early_stop, "seconds": round(time.time() - started, 1), "scores": scores}
+              "early_stop": not args.no_early_stop, "no_repeat_keywords": args.no_repeat_keywords,
+              "num_beams": args.num_beams, "seconds": round(time.time() - started, 1), "scores": scores}
     with open(os.path.join(folder, "rouge.json"), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(folder, "rouge.md"), "w") as f:

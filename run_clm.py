@@ -72,6 +72,10 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many eval prompts."})
     max_seq_length: int | None = field(default=None, metadata={
         "help": "Longest prompt in tokens (EOS included); longer ones are cut. Default: the model's context."})
+    pad_to_multiple_of: int | None = field(default=8 if ON_GPU else 32, metadata={
+        "help": "Pad each batch to a multiple of this many tokens (1: no padding beyond the longest prompt). Default: "
+                "8 on GPUs (tensor-core shapes); 32 on CPUs, where each new batch shape costs compiling new kernels "
+                "(measured 1.28x the real tokens per second of one shape per prompt length; bench/README.md)."})
 
 
 @dataclass
@@ -257,7 +261,7 @@ def main() -> None:
         eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
         # Pads ids with the pad token and labels with -100 by position: EOS stays a label even when pad == EOS.
-        data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=data_args.pad_to_multiple_of),
         compute_metrics=utils.compute_metrics,
         preprocess_logits_for_metrics=utils.preprocess_logits_for_metrics,
     )

@@ -1,15 +1,17 @@
-"""Web demo: type a few keywords, get a full Stable Diffusion prompt and a picture from Karlo.
+"""Web demo: type a few keywords, get a full Stable Diffusion prompt and a picture from your image service.
 
-    python run_gradio.py                                  # http://127.0.0.1:7860, default checkpoint
+    python run_gradio.py                                  # http://127.0.0.1:7860, default checkpoint, Karlo
     KARLO_API_KEY=... python run_gradio.py --model_name_or_path=results --fp16 --device="cuda"
+    python run_gradio.py --image_backend a1111 --image_url http://127.0.0.1:7861   # image_backends.py lists them all
 
-Without KARLO_API_KEY it still writes prompts and says that images need the key. The prompt always comes
-back first; an image service failure shows as a message next to it.
+The page says which back-end draws and where, and at start whether a key is missing or the server is not
+reachable; it writes prompts whatever happens to images. The prompt always comes back first; an image service
+failure shows as a message next to it.
 """
 
 import os
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo talks to no one but its users and Karlo
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the demo talks to no one but its users and images
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import threading
@@ -19,7 +21,7 @@ import gradio as gr
 from transformers import HfArgumentParser, set_seed
 
 import utils
-from karlo_api import KarloClient, KarloError
+from image_backends import ImageArguments, ImageError, describe, make_backend
 
 EXAMPLES = ["young, curly haired,", "a beautiful", "a cyberpunk city,"]
 MAX_INPUT_CHARS = 300
@@ -36,13 +38,15 @@ class DemoArguments:
     server_port: int | None = field(default=None, metadata={"help": "Port (default: 7860, or the next free one)."})
     share: bool = field(default=False, metadata={"help": "Also publish a public gradio.live link."})
     concurrency_limit: int = field(default=8, metadata={"help": "Requests served at once; the rest wait in the queue."})
-    karlo_timeout: float = field(default=60.0, metadata={"help": "Seconds to wait for Karlo per request."})
 
 
-def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8) -> gr.Blocks:
+def build_demo(model, tokenizer, backend, problem: ImageError | None, concurrency_limit: int = 8) -> gr.Blocks:
+    """backend: an image_backends back-end, or None if it could not be set up; problem: what was found wrong at
+    start. Without a key (or a back-end) no image is asked for; an unreachable server is tried again each time."""
     model_lock = threading.Lock()  # one generation at a time (seeding is global); image requests run in parallel
 
-    def write_prompts(keywords: str, num_keywords: int, strategy: str, seed: int, candidates: int) -> list[str]:
+    def write_prompts(keywords: str, num_keywords: int, strategy: str, seed: int, candidates: int, blocklist: str,
+                      max_clip_tokens: int, allow_repeats: bool) -> list[str]:
         text = utils.clean_prompt("".join(ch for ch in keywords if ch.isprintable() or ch.isspace()))
         if not text:
             raise ValueError("Type at least one keyword, e.g. 'young, curly haired,'.")
@@ -59,29 +63,39 @@ def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8)
         with model_lock:
             set_seed(int(seed))
             return utils.generate_prompts(model, tokenizer, [text + ","], preset, max_new_tokens,
-                                          num_keywords=[int(num_keywords)], num_return_sequences=int(candidates))
+                                          num_keywords=[int(num_keywords)], num_return_sequences=int(candidates),
+                                          blocklist=(blocklist or "").split(","), no_repeat_keywords=not allow_repeats,
+                                          max_clip_tokens=int(max_clip_tokens) if max_clip_tokens else None)
 
-    def generate(keywords, num_keywords, strategy, seed, candidates, negative_prompt):
+    def generate(keywords, num_keywords, strategy, seed, candidates, negative_prompt, blocklist="", max_clip_tokens=75,
+                 allow_repeats=False):
         try:
-            prompts = write_prompts(keywords or "", num_keywords, strategy, seed, candidates)
+            prompts = write_prompts(keywords or "", num_keywords, strategy, seed, candidates, blocklist,
+                                    max_clip_tokens, allow_repeats)
         except ValueError as e:
-            yield "", None, f"**{e}**"
+            yield "", None, f"**{e}**", ""
             return
         text = "\n".join(prompts)
-        if not karlo.has_key:
-            yield text, None, "Prompt written. Images need a Karlo API key: set `KARLO_API_KEY` and restart."
+        budget = f" of {int(max_clip_tokens)}" if max_clip_tokens else ""
+        clip = "CLIP tokens: " + ", ".join(f"{n}{budget}" for n in utils.clip_token_counts(prompts))
+        if backend is None or (problem and problem.kind in ("no_key", "setup")):
+            yield text, None, f"Prompt written. No image: {problem}", clip
             return
-        yield text, None, "Prompt written; drawing the image..."
+        yield text, None, "Prompt written; drawing the image...", clip
         try:
-            image = karlo.text_to_image(prompts[0], negative_prompt or "")[0]
-        except KarloError as e:
-            yield text, None, f"Prompt written, but no image: {e}"
+            image = backend.draw(prompts[0], negative_prompt or "", int(seed))
+        except ImageError as e:
+            yield text, None, f"Prompt written, but no image: {e}", clip
             return
-        yield text, image, "Done."
+        yield text, image, "Done.", clip
 
     with gr.Blocks(title="Keyword generator", analytics_enabled=False) as demo:
         gr.Markdown("# Keyword generator\nType the first keyword or two; the model writes the rest of a "
-                    "Stable Diffusion prompt, and Karlo draws it.")
+                    "Stable Diffusion prompt, and your image service draws it.")
+        where = describe(backend) if backend else "none"
+        if backend is not None and not backend.takes_negative_prompt:
+            where += " (it takes no negative prompt)"
+        gr.Markdown(f"Images: **{where}**" + (f". {problem}" if problem else ""), elem_id="image_backend")
         with gr.Row():
             with gr.Column():
                 keywords = gr.Textbox(label="Keywords", placeholder="young, curly haired,", max_lines=2)
@@ -90,27 +104,43 @@ def build_demo(model, tokenizer, karlo: KarloClient, concurrency_limit: int = 8)
                 with gr.Row():
                     seed = gr.Number(value=42, precision=0, label="Seed")
                     candidates = gr.Slider(1, 4, value=1, step=1, label="Candidates")
+                blocklist = gr.Textbox(label="Blocklist", placeholder="nsfw, greg rutkowski", max_lines=2,
+                                       info="Words or phrases the model must never write (any case).")
+                with gr.Row():
+                    max_clip_tokens = gr.Number(value=75, precision=0, minimum=0, label="CLIP token budget",
+                                                info="End at the last whole keyword that fits; 0: no limit.")
+                    allow_repeats = gr.Checkbox(value=False, label="Allow repeated keywords")
                 negative_prompt = gr.Textbox(label="Negative prompt (image)", placeholder="blurry, low quality")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 prompts = gr.Textbox(label="Prompt", lines=4, buttons=["copy"], elem_id="prompt")
+                clip_tokens = gr.Markdown(elem_id="clip_tokens")
                 status = gr.Markdown()
                 image = gr.Image(label="Image", type="pil", format="png", elem_id="image")
         gr.Examples(EXAMPLES, inputs=[keywords])
-        inputs = [keywords, num_keywords, strategy, seed, candidates, negative_prompt]
-        button.click(generate, inputs, [prompts, image, status], api_name="generate",
-                     concurrency_limit=concurrency_limit)
-        keywords.submit(generate, inputs, [prompts, image, status], concurrency_limit=concurrency_limit)
+        inputs = [keywords, num_keywords, strategy, seed, candidates, negative_prompt, blocklist, max_clip_tokens,
+                  allow_repeats]
+        outputs = [prompts, image, status, clip_tokens]
+        button.click(generate, inputs, outputs, api_name="generate", concurrency_limit=concurrency_limit)
+        keywords.submit(generate, inputs, outputs, concurrency_limit=concurrency_limit)
     return demo.queue(max_size=64)
 
 
+def start_backend(args: ImageArguments):
+    """The image back-end and what is wrong with it at start (None: nothing known). Never fatal: prompts go on."""
+    try:
+        backend = make_backend(args)
+    except ImageError as e:
+        return None, e
+    return backend, backend.problem()
+
+
 def main() -> None:
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()
+    args, image_args = HfArgumentParser((DemoArguments, ImageArguments)).parse_args_into_dataclasses()
     model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16, args.bf16)
-    karlo = KarloClient(timeout=args.karlo_timeout)
-    if not karlo.has_key:
-        print("note: KARLO_API_KEY is not set: the demo writes prompts but draws no images.")
-    build_demo(model, tokenizer, karlo, args.concurrency_limit).launch(
+    backend, problem = start_backend(image_args)
+    print(f"Images: {describe(backend) if backend else image_args.image_backend}" + (f". {problem}" if problem else ""))
+    build_demo(model, tokenizer, backend, problem, args.concurrency_limit).launch(
         server_name=args.server_name, server_port=args.server_port, share=args.share)
 
 

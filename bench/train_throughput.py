@@ -16,7 +16,7 @@ the first log, so start-up, data loading and compilation are left out. Every row
 prompts.
 
     python bench/train_throughput.py --suite batching --num_prompts 32     # about 2 minutes on 2 CPU cores
-    python bench/train_throughput.py --suite levers                          # about 8 minutes on 2 CPU cores
+    python bench/train_throughput.py --suite levers                          # about 15 minutes on 2 CPU cores
     python bench/train_throughput.py --suite gpu                             # on a CUDA machine
 """
 
@@ -37,21 +37,22 @@ import run_clm  # noqa: E402
 import utils  # noqa: E402
 
 BPE = ROOT / "bench" / "runs" / "bpe-8k"
-BEFORE = ["--bf16", "false", "--per_device_train_batch_size", "32", "--optim", "adamw_torch", "--attn_implementation",
-          "sdpa", "--loss_chunk_tokens", "0"]
+# The settings run_clm.py trained with before, as flags; each lever row drops one of them (cumulative).
+BEFORE = {"--bf16": "false", "--attn_implementation": "sdpa", "--loss_chunk_tokens": "0", "--optim": "adamw_torch",
+          "--per_device_train_batch_size": "32", "--pad_to_multiple_of": "1"}
 DROPOUT = ",resid_pdrop=0.1,embd_pdrop=0.1,attn_pdrop=0.1"  # GPT-2's default, which run_clm.py used to keep
-# Cumulative: each row adds one lever to the row above; the last rows vary today's defaults.
-LEVERS = {
-    "before: fp32, batch 32, dropout 0.1, AdamW, SDPA, model's loss": (BEFORE, True),
-    "+ bf16 autocast": (BEFORE[2:], True),
-    "+ no dropout": (BEFORE[2:], False),
-    "+ eager attention": (BEFORE[2:6] + BEFORE[8:], False),
-    "+ chunked loss (1,024 tokens)": (BEFORE[2:6], False),
-    "+ fused AdamW": (BEFORE[2:4], False),
-    "+ batch 64 = today's defaults": ([], False),
-    "defaults, batch 128": (["--per_device_train_batch_size", "128"], False),
-}
-SHORT_LEVERS = ["before: fp32, batch 32, dropout 0.1, AdamW, SDPA, model's loss", "+ batch 64 = today's defaults"]
+LEVERS = [
+    ("before: fp32, batch 32, dropout 0.1, AdamW, SDPA, model's loss, no padding multiple", None),
+    ("+ bf16 autocast", "--bf16"),
+    ("+ no dropout", "dropout"),
+    ("+ eager attention", "--attn_implementation"),
+    ("+ chunked loss (1,024 tokens)", "--loss_chunk_tokens"),
+    ("+ fused AdamW", "--optim"),
+    ("+ batch 64", "--per_device_train_batch_size"),
+    ("+ padding to a multiple of 32 = today's defaults", "--pad_to_multiple_of"),
+]
+VARIANTS = {"defaults, batch 128": ["--per_device_train_batch_size", "128"],
+            "defaults, padding to a multiple of 64": ["--pad_to_multiple_of", "64"]}
 GPU_ROWS = {
     "product defaults (bf16 autocast, batch 64, SDPA, fused AdamW)": [],
     "batch 256, 4 loader workers": ["--per_device_train_batch_size", "256", "--dataloader_num_workers", "4"],
@@ -190,6 +191,20 @@ def batching_suite(args, tokenizer, prompts: list[str]) -> dict:
     return {"corpus": corpus, "rows": rows, "speedup": round(speedup, 1)}
 
 
+def lever_rows(first_shape: bool) -> dict:
+    """{row name: (run_clm.py flags, dropout)}: every lever on the first shape, before and after on the others."""
+    rows, before, dropout = {}, dict(BEFORE), True
+    for name, lever in LEVERS:
+        if lever == "dropout":
+            dropout = False
+        else:
+            before.pop(lever, None)
+        rows[name] = ([x for flag, value in before.items() for x in (flag, value)], dropout)
+    if not first_shape:
+        rows = {name: rows[name] for name in (LEVERS[0][0], LEVERS[-1][0])}
+    return rows | ({name: (flags, False) for name, flags in VARIANTS.items()} if first_shape else {})
+
+
 def levers_suite(args) -> dict:
     if not Path(args.tokenizer).exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "train_tokenizer.py"), "--data", args.data,
@@ -197,9 +212,7 @@ def levers_suite(args) -> dict:
     result = {}
     for number, shape in enumerate(args.shapes.split(";")):
         rows = {}
-        for name, (flags, dropout) in LEVERS.items():
-            if number and name not in SHORT_LEVERS:
-                continue  # every lever on the first shape; before and after on the others
+        for name, (flags, dropout) in lever_rows(number == 0).items():
             config = shape + (DROPOUT if dropout else "")
             rows[name] = run_clm_rate(["--tokenizer_name", args.tokenizer, "--scratch_config", config, *flags], args.data, args)
             print(f"{shape} | {name} | {rows[name]}", file=sys.stderr, flush=True)
@@ -250,8 +263,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=str(BPE), help="levers: tokenizer folder (trained on --data if missing)")
     parser.add_argument("--shapes", default=None, help="GPT-2 shapes as run_clm.py --scratch_config, ';' between "
                         "them. Default: the best CPU recipes' (levers), GPT-2-small (gpu)")
-    parser.add_argument("--steps", type=int, default=30, help="run_clm.py rows: steps to train")
-    parser.add_argument("--log_every", type=int, default=10, help="run_clm.py rows: steps between logs (the first is untimed)")
+    parser.add_argument("--steps", type=int, default=80, help="run_clm.py rows: steps to train")
+    parser.add_argument("--log_every", type=int, default=20, help="run_clm.py rows: steps between logs (the first is untimed)")
     parser.add_argument("--max_train_samples", type=int, default=8192, help="run_clm.py rows: prompts to train on")
     parser.add_argument("--output", default=None, help="JSON to write. Default: bench/results/train_throughput[_SUITE].json")
     args = parser.parse_args()

@@ -57,3 +57,31 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
                  "--learning_rate", "1e-2", "--per_device_train_batch_size", "16", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A Stable Diffusion pipeline of tiny random components and the real CLIP tokenizer (no download), saved as a
+    diffusers folder, as AutoPipelineForText2Image loads it."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.manual_seed(0)
+    tokenizer = utils.clip_tokenizer()
+    blocks = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32)
+    unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, cross_attention_dim=32,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), **blocks)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, **blocks)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                                num_hidden_layers=2, vocab_size=len(tokenizer),
+                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    folder = tmp_path_factory.mktemp("pipeline") / "tiny-sd"
+    pipeline.save_pretrained(folder)
+    return folder

@@ -99,7 +99,7 @@ def test_fine_tunes_from_a_real_gguf_and_saves_plain_safetensors(tmp_path):
     assert scored.returncode == 0, scored.stderr[-3000:]
     process, url = launch(out, {**env, "KARLO_API_KEY": "", "KARLO_API_URL": "http://127.0.0.1:9"})
     try:
-        prompt, image, status = ask(url, "a castle,", num_keywords=4, strategy="beam")
+        prompt, image, status, clip = ask(url, "a castle,", num_keywords=4, strategy="beam")
     finally:
         process.terminate()
         process.communicate(timeout=30)

@@ -1,5 +1,5 @@
 """run_gradio.py launched for real on a free port, driven by gradio_client and by headless Chromium,
-with images from a local Karlo-speaking server."""
+with images from local servers that speak each image service's wire format, and from a tiny diffusers pipeline."""
 
 import json
 import os
@@ -8,13 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+import re
 import urllib.request
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-import karlo_server
+import image_servers
+import utils
 from conftest import OFFLINE, ROOT
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -29,10 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(checkpoint, env: dict) -> tuple[subprocess.Popen, str]:
+def launch(checkpoint, env: dict, *flags) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, str(ROOT / "run_gradio.py"), "--model_name_or_path", str(checkpoint),
-                                "--server_port", str(port)], env={**OFFLINE, **env}, cwd=ROOT,
+                                "--server_port", str(port), *map(str, flags)], env={**OFFLINE, **env}, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
@@ -50,7 +51,7 @@ def launch(checkpoint, env: dict) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="module")
 def karlo():
-    server = karlo_server.start(hang_seconds=3)
+    server = image_servers.start("karlo", hang_seconds=3)
     yield server
     server.shutdown()
 
@@ -62,16 +63,46 @@ def demo_checkpoint(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def app(demo_checkpoint, karlo):
-    process, url = launch(demo_checkpoint, {"KARLO_API_KEY": karlo_server.KEY,
+    process, url = launch(demo_checkpoint, {"KARLO_API_KEY": image_servers.KEY,
                                             "KARLO_API_URL": f"http://127.0.0.1:{karlo.server_port}"})
     yield url
     process.terminate()
     output = process.communicate(timeout=30)[0]
-    assert karlo_server.KEY not in output  # the key never reaches the logs
+    assert image_servers.KEY not in output  # the key never reaches the logs
+
+
+KEYS = {"a1111": {"A1111_API_AUTH": image_servers.A1111_AUTH}, "openai": {"OPENAI_API_KEY": image_servers.KEY}}
+TITLES = {"a1111": "AUTOMATIC1111", "comfyui": "ComfyUI", "openai": "OpenAI images API"}
+
+
+@pytest.fixture(scope="module")
+def backend_app(demo_checkpoint):
+    """The demo drawing with a local server of each wire format, started on first use: kind -> (url, server)."""
+    apps = {}
+
+    def start(kind: str):
+        if kind not in apps:
+            server = image_servers.start(kind)
+            process, url = launch(demo_checkpoint, KEYS.get(kind, {}), "--image_backend", kind,
+                                  "--image_url", f"http://127.0.0.1:{server.server_port}", "--image_timeout", "5")
+            apps[kind] = (url, server, process)
+        return apps[kind][:2]
+    yield start
+    for url, server, process in apps.values():
+        process.terminate()
+        assert image_servers.KEY not in process.communicate(timeout=30)[0]
+        server.shutdown()
+
+
+def page_component(url: str, elem_id: str) -> str:
+    """The value a component shows on the page, from the app's config."""
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=10).read())
+    return next(c["props"]["value"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
 
 
 def ask(url: str, keywords: str, **overrides):
-    values = dict(num_keywords=8, strategy="top_k", seed=1, candidates=1, negative_prompt="")
+    values = dict(num_keywords=8, strategy="top_k", seed=1, candidates=1, negative_prompt="", blocklist="",
+                  max_clip_tokens=75, allow_repeats=False)
     values.update(overrides)
     client = Client(url, verbose=False, analytics_enabled=False)
     return client.predict(keywords, *values.values(), api_name="/generate")
@@ -79,17 +110,36 @@ def ask(url: str, keywords: str, **overrides):
 
 def test_prompt_and_image(app, karlo):
     karlo.mode = None
-    prompt, image, status = ask(app, "url castle,", num_keywords=6, candidates=2)
+    prompt, image, status, clip = ask(app, "url castle,", num_keywords=6, candidates=2)
     lines = prompt.splitlines()
     assert len(lines) == 2 and all(line.startswith("url castle") for line in lines)
     assert Image.open(image).size == (64, 48) and status == "Done."
     assert karlo.requests[-1]["body"]["prompt"] == lines[0]
 
 
+def test_blocklist_budget_and_repeats_on_the_page(app, karlo):
+    karlo.mode = None
+    prompt, image, status, clip = ask(app, "castle, owl,", num_keywords=12, candidates=3, blocklist="Castle, the",
+                                      max_clip_tokens=12)
+    lines = prompt.splitlines()
+    counts = utils.clip_token_counts(lines)
+    assert len(lines) == 3 and all(n <= 12 for n in counts) and status == "Done."
+    assert clip == "CLIP tokens: " + ", ".join(f"{n} of 12" for n in counts)
+    for line in lines:
+        new = utils.split_keywords(line)[2:]
+        assert line.startswith("castle, owl") and not re.search(r"\b(castle|the)\b", ", ".join(new), re.IGNORECASE)
+        keywords = [utils.normalize_keyword(k) for k in utils.split_keywords(line)]
+        assert len(keywords) == len(set(keywords))
+    prompt, image, status, clip = ask(app, "castle,", blocklist="!!")
+    assert prompt == "" and "would block every keyword" in status
+    prompt, image, status, clip = ask(app, "a very long keyword with many words in it,", max_clip_tokens=3)
+    assert prompt == "" and "over the budget of 3" in status
+
+
 def test_prompt_survives_a_failing_image_service(app, karlo):
     karlo.mode = "down"
     try:
-        prompt, image, status = ask(app, "castle,")
+        prompt, image, status, clip = ask(app, "castle,")
     finally:
         karlo.mode = None
     assert prompt.startswith("castle") and image is None
@@ -98,14 +148,14 @@ def test_prompt_survives_a_failing_image_service(app, karlo):
 
 @pytest.mark.parametrize("keywords, message", [("   ", "at least one keyword"), ("a, " * 200, "at most 300")])
 def test_bad_input_gets_a_message(app, keywords, message):
-    prompt, image, status = ask(app, keywords)
+    prompt, image, status, clip = ask(app, keywords)
     assert prompt == "" and image is None and message in status
 
 
 def test_odd_characters(app, karlo):
     karlo.mode = "base64"
     try:
-        prompt, image, status = ask(app, "ünïcødé 🐉 <b>castle</b>\x00,")
+        prompt, image, status, clip = ask(app, "ünïcødé 🐉 <b>castle</b>\x00,")
     finally:
         karlo.mode = None
     assert prompt.startswith("ünïcødé 🐉 <b>castle</b>") and status == "Done."
@@ -115,7 +165,8 @@ def test_twenty_concurrent_requests(app, karlo):
     karlo.mode = "url"
     client = Client(app, verbose=False, analytics_enabled=False)
     try:  # all 20 in flight at once, as 20 browser tabs would be
-        jobs = [client.submit(f"tower {i},", 8, "top_k", i, 1, "", api_name="/generate") for i in range(20)]
+        jobs = [client.submit(f"tower {i},", 8, "top_k", i, 1, "", "", 75, False, api_name="/generate")
+                for i in range(20)]
         answers = [job.result(timeout=300) for job in jobs]
     finally:
         karlo.mode = None
@@ -127,15 +178,67 @@ def test_without_a_key_prompts_still_come(demo_checkpoint, tmp_path):
     env = {"KARLO_API_KEY": "", "KARLO_API_URL": "http://127.0.0.1:9"}
     process, url = launch(demo_checkpoint, env)
     try:
-        prompt, image, status = ask(url, "a castle,")
+        prompt, image, status, clip = ask(url, "a castle,")
     finally:
         process.terminate()
         process.communicate(timeout=30)
     assert prompt.startswith("a castle") and image is None and "KARLO_API_KEY" in status
 
 
+@pytest.mark.parametrize("kind", ["a1111", "comfyui", "openai"])
+def test_draws_with_each_image_service(backend_app, kind):
+    url, server = backend_app(kind)
+    prompt, image, status, clip = ask(url, "castle,", negative_prompt="blurry")
+    assert prompt.startswith("castle") and status == "Done." and Image.open(image).size == (64, 48)
+    body = server.requests[-1]["body"]
+    sent = body["prompt"]["6"]["inputs"]["text"] if kind == "comfyui" else body["prompt"]
+    assert sent == prompt.splitlines()[0]
+    header = page_component(url, "image_backend")
+    assert f"{TITLES[kind]} at http://127.0.0.1:{server.server_port}" in header
+    assert ("takes no negative prompt" in header) == (kind == "openai")
+
+
+def test_draws_with_a_local_diffusers_pipeline(demo_checkpoint, tiny_pipeline):
+    process, url = launch(demo_checkpoint, {}, "--image_backend", "diffusers", "--image_model", tiny_pipeline,
+                          "--image_steps", "2", "--image_width", "64", "--image_height", "64")
+    try:
+        prompt, image, status, clip = ask(url, "castle,")
+        header = page_component(url, "image_backend")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert prompt.startswith("castle") and status == "Done." and Image.open(image).size == (64, 64)
+    assert f"diffusers pipeline at {tiny_pipeline} (cpu)" in header
+
+
+@pytest.mark.parametrize("flags, on_page", [
+    (["--image_backend", "a1111", "--image_url", "http://127.0.0.1:9"], "Could not reach AUTOMATIC1111"),
+    (["--image_backend", "comfyui", "--comfyui_workflow", "WORKFLOW"], "no text node"),
+])
+def test_image_problems_at_start_leave_prompts_working(demo_checkpoint, tmp_path, flags, on_page):
+    workflow = tmp_path / "workflow.json"
+    workflow.write_text(json.dumps({"3": {"class_type": "KSampler", "inputs": {"seed": 1}}}))
+    process, url = launch(demo_checkpoint, {}, *[workflow if f == "WORKFLOW" else f for f in flags])
+    try:
+        header = page_component(url, "image_backend")
+        prompt, image, status, clip = ask(url, "a castle,")
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert on_page in header and on_page in output  # on the page and in the log, at start
+    assert prompt.startswith("a castle") and image is None and "no image" in status.lower()
+
+
+def test_unknown_image_backend_is_refused():
+    result = subprocess.run([sys.executable, str(ROOT / "run_gradio.py"), "--image_backend", "midjourney"],
+                            capture_output=True, text=True, env=OFFLINE, cwd=ROOT, timeout=120)
+    assert result.returncode != 0 and "invalid choice" in result.stderr and "a1111" in result.stderr
+
+
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (installed by .ci/run)")
-def test_in_a_real_browser(app):
+@pytest.mark.parametrize("kind", ["karlo", "a1111"])
+def test_in_a_real_browser(request, kind):
+    app = request.getfixturevalue("app") if kind == "karlo" else request.getfixturevalue("backend_app")(kind)[0]
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -154,8 +257,8 @@ def test_in_a_real_browser(app):
         expect(page.locator("#image img")).to_be_visible(timeout=60_000)
         to_image = time.monotonic() - started
         assert prompt_box.input_value().startswith("url, castle")
-        page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / f"demo-{kind}.png"), full_page=True)
         browser.close()
-    (ARTIFACTS / "demo_timing.json").write_text(json.dumps(
+    (ARTIFACTS / f"demo_timing-{kind}.json").write_text(json.dumps(
         {"click_to_prompt_s": round(to_prompt, 2), "click_to_image_s": round(to_image, 2)}))
-    assert Image.open(ARTIFACTS / "demo.png").size[0] == 1280
+    assert Image.open(ARTIFACTS / f"demo-{kind}.png").size[0] == 1280

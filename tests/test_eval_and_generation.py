@@ -22,6 +22,7 @@ def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
         assert (tmp_path / "a" / name).stat().st_size > 0
     assert (tmp_path / "a" / "rouge.png").read_bytes()[:4] == b"\x89PNG"
     second = run("eval.py", *args, "--output_dir", tmp_path / "b")
+    assert second.returncode == 0, second.stderr[-3000:]
     scores = [json.loads((tmp_path / d / "rouge.json").read_text())["scores"] for d in "ab"]
     assert scores[0] == scores[1]
     assert set(scores[0]) == {"one_keyword", "two_keyword"} and len(scores[0]["one_keyword"]) == 6

@@ -146,6 +146,17 @@ def test_chunked_loss_is_the_models_own_loss_and_gradient():
             chunked.backward()
             assert torch.allclose(chunked, own, atol=1e-5)
             assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(own_grads, model.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as training runs on a CPU with native bf16
+        model.zero_grad()
+        own = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        own.backward()
+        own_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        chunked = utils.chunked_causal_lm_loss(hidden, model.get_output_embeddings(), labels, 7)
+        chunked.backward()
+    assert torch.allclose(chunked, own, rtol=1e-3)
+    assert all(torch.allclose(a, p.grad, rtol=0.05, atol=1e-3) for a, p in zip(own_grads, model.parameters()))
 
 
 def test_default_training_logs_real_tokens_per_second_and_peak_memory(tmp_path):
