@@ -90,16 +90,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32)
         grad_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        device = hidden.device.type  # the products' precision: autocast's where it is on (as the model's own layer)
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        weight_in_dtype = weight.to(dtype)  # cast once, not once per chunk
         for i in range(0, len(targets), chunk_tokens):
             h, t = hidden[i:i + chunk_tokens], targets[i:i + chunk_tokens]
-            product = F.linear(h, weight, bias)  # bf16 under autocast, as the model's own output layer
-            log_probs = torch.log_softmax(product.float(), dim=-1)
+            log_probs = torch.log_softmax(F.linear(h, weight, bias).float(), dim=-1)
             total += -log_probs.gather(1, t[:, None]).sum()
-            grad = log_probs.exp_()  # d(loss)/d(logits): softmax minus one-hot, in the product's precision
+            grad = log_probs.exp_()  # d(loss)/d(logits): softmax minus one-hot, then in the products' precision
             grad[torch.arange(len(t), device=t.device), t] -= 1
-            grad = grad.to(product.dtype)
-            grad_hidden[i:i + chunk_tokens] = grad @ weight.to(product.dtype)
-            grad_weight += (grad.t() @ h.to(product.dtype)).float()
+            grad = grad.to(dtype)
+            grad_hidden[i:i + chunk_tokens] = grad @ weight_in_dtype
+            grad_weight += (grad.t() @ h.to(dtype)).float()
             if bias is not None:
                 grad_bias += grad.float().sum(dim=0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
