@@ -1,18 +1,23 @@
 """Benchmark scripts that must not rot: the GPU check's dry mode and quality.py's data flags."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from conftest import OFFLINE, ROOT, STAND_IN, run
 
+# The shell script calls `python`: the interpreter running these tests, even from an unactivated venv.
+SCRIPT_ENV = {**OFFLINE, "PATH": os.path.dirname(sys.executable) + os.pathsep + OFFLINE.get("PATH", "")}
+
 
 def test_gpu_check_dry_mode_writes_every_table(tmp_path, demo_corpus):
     out = tmp_path / "gpu"
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out), str(demo_corpus), "--dry"],
-                            capture_output=True, text=True, env=OFFLINE, timeout=900)
+                            capture_output=True, text=True, env=SCRIPT_ENV, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     report = (out / "report.md").read_text()
     for heading in ("1. Training throughput", "4a. python run_clm.py", "2. Evaluation speed", "3. Demo latency",
@@ -30,10 +35,10 @@ def test_gpu_check_dry_mode_writes_every_table(tmp_path, demo_corpus):
 
 def test_gpu_check_refuses_without_a_gpu_or_data(tmp_path):
     no_gpu = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "a"), str(ROOT / "data")],
-                            capture_output=True, text=True, env=OFFLINE)
+                            capture_output=True, text=True, env=SCRIPT_ENV)
     assert no_gpu.returncode != 0 and "--dry" in no_gpu.stderr
     no_data = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(tmp_path / "b"), str(tmp_path / "none")],
-                             capture_output=True, text=True, env=OFFLINE)
+                             capture_output=True, text=True, env=SCRIPT_ENV)
     assert no_data.returncode == 2 and "not found" in no_data.stderr
 
 
