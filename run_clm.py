@@ -160,8 +160,10 @@ def load_model_and_tokenizer(args: ModelArguments):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, gguf_file=None if args.tokenizer_name else args.gguf_file)
         if path is None:
             # No dropout: it costs about 10% of a CPU step, and recalling prompts seen in training is the point.
+            # gelu_pytorch_tanh is GPT-2's own tanh GELU as one kernel instead of seven elementwise ops.
             config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                eos_token_id=tokenizer.eos_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                activation_function="gelu_pytorch_tanh")
             config.update_from_string(args.scratch_config)
             model = AutoModelForCausalLM.from_config(config, attn_implementation=args.attn_implementation)
         else:

@@ -63,8 +63,8 @@ RECIPES = {
     # Best from-scratch recipe measured: 4x256 GPT-2 on an 8k BPE of the train split with today's defaults (batch 64
     # padded to a multiple of 32, bf16, chunked loss), 5,800 steps = 5 epochs, sized for an hour of a 2-core CPU.
     "best": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=4,n_embd=256,n_head=4,n_positions=256",
-                     "--learning_rate", "3e-3", "--max_steps", "5800", "--max_seq_length", "128",
-                     "--save_steps", "1450", "--eval_strategy", "steps", "--eval_steps", "1450", "--save_total_limit", "10"],
+                     "--learning_rate", "3e-3", "--max_steps", "6400", "--max_seq_length", "128",
+                     "--save_steps", "1600", "--eval_strategy", "steps", "--eval_steps", "1600", "--save_total_limit", "10"],
     # The recipe before: 12,000 steps of 32 (5.2 epochs), trained with the settings of then (fp32, dropout 0.1, AdamW).
     "previous": lambda: ["--tokenizer_name", BPE, "--scratch_config", "n_layer=4,n_embd=256,n_head=4,n_positions=256",
                      "--learning_rate", "2e-3", "--max_steps", "12000", "--per_device_train_batch_size", "32",
@@ -127,7 +127,8 @@ def score(folder: Path, dataset: tuple, out: Path, args, max_samples: int) -> di
         subprocess.run(list(map(str, [sys.executable, ROOT / "eval.py", "--model_name_or_path", folder,
                                       "--dataset_name", data, *(["--dataset_split", split] if split else []),
                                       "--max_samples", max_samples,
-                                      "--strategy", args.strategies, "--output_dir", out])), check=True, cwd=ROOT)
+                                      "--strategy", args.strategies, "--output_dir", out,
+                                      *(["--num_beams", args.num_beams] if args.num_beams else [])])), check=True, cwd=ROOT)
     scores = json.loads((out / "rouge.json").read_text())["scores"]
     return {i: {s: v["rougeL"] for s, v in by_strategy.items()} for i, by_strategy in scores.items()}
 
@@ -153,6 +154,11 @@ def baselines(max_samples: int) -> dict:
     return results
 
 
+def beam_suffix(args) -> str:
+    """Scores with another beam width go to folders of their own."""
+    return f"-beams{args.num_beams}" if args.num_beams and args.num_beams != 3 else ""
+
+
 def train_minutes(folder: Path) -> float | None:
     path = folder / "train_results.json"
     return round(json.loads(path.read_text())["train_runtime"] / 60, 1) if path.exists() else None
@@ -166,7 +172,7 @@ def curve(folder: Path, args) -> list[dict]:
     for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         minutes = ((checkpoint / "trainer_state.json").stat().st_mtime - started) / 60
         first_set = next(iter(SETS))
-        scores = score(checkpoint, SETS[first_set], checkpoint / f"quality-{first_set.replace(' ', '-')}-{args.curve_samples}",
+        scores = score(checkpoint, SETS[first_set], checkpoint / f"quality-{first_set.replace(' ', '-')}-{args.curve_samples}{beam_suffix(args)}",
                        args, args.curve_samples)
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         eval_loss = next((e["eval_loss"] for e in reversed(state["log_history"]) if "eval_loss" in e), None)
@@ -188,7 +194,8 @@ def markdown(results: dict, strategies: list[str]) -> str:
                 cells += [f"{by_strategy[s]:.2f}" if s in by_strategy else "-" for s in strategies]
                 cells.append(f"**{max(by_strategy.values()):.2f}**")
             lines.append("| " + " | ".join(cells) + " |")
-        blocks.append(f"#### {set_name} ({results['num_prompts']} prompts, ROUGE-L)\n\n" + "\n".join(lines))
+        beams = f", beam with {results['num_beams']} beams" if results["num_beams"] and "beam" in strategies else ""
+        blocks.append(f"#### {set_name} ({results['num_prompts']} prompts, ROUGE-L{beams})\n\n" + "\n".join(lines))
     return "\n\n".join(blocks)
 
 
@@ -206,6 +213,7 @@ def main() -> None:
     parser.add_argument("--max_samples", type=int, default=1000, help="prompts scored per set")
     parser.add_argument("--curve_samples", type=int, default=300, help="stand-in prompts scored per curve point")
     parser.add_argument("--strategies", default="greedy,no_repeat_ngram,beam", help="eval.py presets to score")
+    parser.add_argument("--num_beams", type=int, default=None, help="beam width of the beam preset (eval.py's default: 3)")
     parser.add_argument("--rescore", action="store_true", help="score again even where rouge.json exists")
     parser.add_argument("--output", default="bench/results/quality", help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args()
@@ -223,7 +231,8 @@ def main() -> None:
     strategies = args.strategies.split(",")
 
     started = time.time()
-    results = {"num_prompts": args.max_samples, "curve_prompts": args.curve_samples, "strategies": strategies, "rows": {}, "curves": {}}
+    results = {"num_prompts": args.max_samples, "curve_prompts": args.curve_samples, "strategies": strategies,
+               "num_beams": args.num_beams, "rows": {}, "curves": {}}
     if {"constant", "retrieval"} & set(rows):
         base = baselines(args.max_samples)
         for name in ("constant", "retrieval"):
@@ -234,7 +243,7 @@ def main() -> None:
         train(name, folders[name])
         results["rows"][name] = {
             "folder": str(folders[name]), "train_minutes": train_minutes(folders[name]),
-            "scores": {s: score(folders[name], path, folders[name] / f"quality-{s.replace(' ', '-')}-{args.max_samples}", args,
+            "scores": {s: score(folders[name], path, folders[name] / f"quality-{s.replace(' ', '-')}-{args.max_samples}{beam_suffix(args)}", args,
                                 args.max_samples)
                        for s, path in SETS.items()}}
     for name in filter(None, args.curve.split(",")):

@@ -4,9 +4,11 @@
   batch) against the original recipe's (every prompt padded to 1,024 tokens, labels masked by pad id), same
   model, same prompts, a bare training loop; plus the padding efficiency of run_clm.py's train dataloader over
   the whole corpus, and one row for a GPT-2-small shape.
-- levers: `run_clm.py` itself on the best CPU recipes' shapes (4x256 and 6x384 on an 8k BPE), one lever added per
-  row on the first, from the settings it trained with before (fp32, batch 32, dropout 0.1, AdamW, SDPA, the model's
-  own loss) to today's defaults; before and after on the second.
+- levers: `run_clm.py` itself on the best CPU recipe's shape (4x256 on an 8k BPE; `--shapes` adds more: before and
+  after on those), one lever added per row, from the settings it trained with before (fp32, batch 32, dropout 0.1,
+  GPT-2's seven-op GELU, AdamW, SDPA, the model's own loss) to today's defaults. The rows run in turn, `--rounds`
+  times over, and the median round is reported with the spread: a shared CPU drifts by tens of percent from one
+  minute to the next, and this way the drift falls on every row alike.
 - gpu: GPT-2-small (12x768, random weights) on a GPU: the original recipe (batch 16 padded to 1,024, weights in
   bf16, bare loop) against run_clm.py's defaults and larger batches, torch.compile and data-loader workers,
   with model FLOPs utilisation against the GPU's bf16 peak. `bench/gpu_check.sh` runs it.
@@ -16,7 +18,7 @@ the first log, so start-up, data loading and compilation are left out. Every row
 prompts.
 
     python bench/train_throughput.py --suite batching --num_prompts 32     # about 2 minutes on 2 CPU cores
-    python bench/train_throughput.py --suite levers                          # about 15 minutes on 2 CPU cores
+    python bench/train_throughput.py --suite levers                          # about 25 minutes on 2 CPU cores
     python bench/train_throughput.py --suite gpu                             # on a CUDA machine
 """
 
@@ -40,19 +42,21 @@ BPE = ROOT / "bench" / "runs" / "bpe-8k"
 # The settings run_clm.py trained with before, as flags; each lever row drops one of them (cumulative).
 BEFORE = {"--bf16": "false", "--attn_implementation": "sdpa", "--loss_chunk_tokens": "0", "--optim": "adamw_torch",
           "--per_device_train_batch_size": "32", "--pad_to_multiple_of": "1"}
-DROPOUT = ",resid_pdrop=0.1,embd_pdrop=0.1,attn_pdrop=0.1"  # GPT-2's default, which run_clm.py used to keep
+# Model settings of before, as --scratch_config pairs; a lever row drops one.
+CONFIG = {"dropout": ",resid_pdrop=0.1,embd_pdrop=0.1,attn_pdrop=0.1",  # GPT-2's default, which run_clm.py kept
+          "gelu": ",activation_function=gelu_new"}  # GPT-2's GELU as seven elementwise ops
 LEVERS = [
-    ("before: fp32, batch 32, dropout 0.1, AdamW, SDPA, model's loss, no padding multiple", None),
+    ("before: fp32, batch 32, dropout 0.1, GPT-2's GELU, AdamW, SDPA, model's loss, no padding multiple", None),
     ("+ bf16 autocast", "--bf16"),
     ("+ no dropout", "dropout"),
+    ("+ one-kernel GELU (gelu_pytorch_tanh)", "gelu"),
     ("+ eager attention", "--attn_implementation"),
     ("+ chunked loss (1,024 tokens)", "--loss_chunk_tokens"),
     ("+ fused AdamW", "--optim"),
     ("+ batch 64", "--per_device_train_batch_size"),
     ("+ padding to a multiple of 32 = today's defaults", "--pad_to_multiple_of"),
 ]
-VARIANTS = {"defaults, batch 128": ["--per_device_train_batch_size", "128"],
-            "defaults, padding to a multiple of 64": ["--pad_to_multiple_of", "64"]}
+VARIANTS = {"defaults, batch 128": ["--per_device_train_batch_size", "128"]}
 GPU_ROWS = {
     "product defaults (bf16 autocast, batch 64, SDPA, fused AdamW)": [],
     "batch 256, 4 loader workers": ["--per_device_train_batch_size", "256", "--dataloader_num_workers", "4"],
@@ -62,16 +66,17 @@ GPU_ROWS = {
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, from the vendors' data sheets
 
 
-def product_batches(tokenizer, prompts: list[str], batch_size: int) -> list[dict]:
+def product_batches(tokenizer, prompts: list[str], batch_size: int, pad_to_multiple_of: int | None = None,
+                    max_length: int = 1024) -> list[dict]:
     """What run_clm.py feeds the model: its tokenization, its sampler (group_by_length), its collator."""
     dataset = __import__("datasets").Dataset.from_dict({"Prompt": prompts}).map(
         utils.tokenize_prompts, batched=True, remove_columns=["Prompt"],
-        fn_kwargs=dict(tokenizer=tokenizer, text_column="Prompt", max_length=1024))
+        fn_kwargs=dict(tokenizer=tokenizer, text_column="Prompt", max_length=max_length))
     args = run_clm.TrainingArguments(output_dir="/tmp/bench-unused", per_device_train_batch_size=batch_size,
                                      report_to="none", bf16=False, use_cpu=True)
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=1, vocab_size=len(tokenizer)))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer), processing_class=tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=pad_to_multiple_of))
     return list(trainer.get_train_dataloader())
 
 
@@ -192,36 +197,63 @@ def batching_suite(args, tokenizer, prompts: list[str]) -> dict:
 
 
 def lever_rows(first_shape: bool) -> dict:
-    """{row name: (run_clm.py flags, dropout)}: every lever on the first shape, before and after on the others."""
-    rows, before, dropout = {}, dict(BEFORE), True
+    """{row name: (run_clm.py flags, --scratch_config suffix)}: every lever on the first shape, before and after on
+    the others."""
+    rows, before, config = {}, dict(BEFORE), dict(CONFIG)
     for name, lever in LEVERS:
-        if lever == "dropout":
-            dropout = False
-        else:
-            before.pop(lever, None)
-        rows[name] = ([x for flag, value in before.items() for x in (flag, value)], dropout)
+        (config if lever in config else before).pop(lever, None)
+        rows[name] = ([x for flag, value in before.items() for x in (flag, value)], "".join(config.values()))
     if not first_shape:
-        rows = {name: rows[name] for name in (LEVERS[0][0], LEVERS[-1][0])}
-    return rows | ({name: (flags, False) for name, flags in VARIANTS.items()} if first_shape else {})
+        return {name: rows[name] for name in (LEVERS[0][0], LEVERS[-1][0])}
+    return rows | {name: (flags, "") for name, flags in VARIANTS.items()}
+
+
+def padding_efficiency(flags: list[str], prompts: list[str], tokenizer, cache: dict) -> float:
+    """Real tokens over computed tokens of the batches run_clm.py builds with these flags (batch size, padding
+    multiple) from these prompts."""
+    settings = dict(zip(flags[::2], flags[1::2]))
+    batch_size = int(settings.get("--per_device_train_batch_size", 64))
+    multiple = int(settings.get("--pad_to_multiple_of", 32))
+    if (batch_size, multiple) not in cache:
+        batches = product_batches(tokenizer, prompts, batch_size, multiple, max_length=128)
+        real, computed = efficiency(batches)
+        cache[batch_size, multiple] = round(real / computed, 3)
+    return cache[batch_size, multiple]
 
 
 def levers_suite(args) -> dict:
     if not Path(args.tokenizer).exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "train_tokenizer.py"), "--data", args.data,
                         "--vocab_size", "8192", "--output", args.tokenizer], check=True)
-    result = {}
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    utils.ensure_pad_token(tokenizer)
+    prompts = utils.load_prompts(args.data)["train"]["Prompt"][: args.max_train_samples]
+    efficiencies, result = {}, {}
     for number, shape in enumerate(args.shapes.split(";")):
-        rows = {}
-        for name, (flags, dropout) in lever_rows(number == 0).items():
-            config = shape + (DROPOUT if dropout else "")
-            rows[name] = run_clm_rate(["--tokenizer_name", args.tokenizer, "--scratch_config", config, *flags], args.data, args)
-            print(f"{shape} | {name} | {rows[name]}", file=sys.stderr, flush=True)
-        before = rows[next(iter(rows))]["real_tokens_per_s"]
-        for r in rows.values():
-            r["vs_before"] = f"{r['real_tokens_per_s'] / before:.2f}x" if "real_tokens_per_s" in r else "-"
-        print(f"\n{shape}, {args.tokenizer}\n")
-        print(markdown(rows, ["real_tokens_per_s", "vs_before", "ms_per_step", "peak_memory_gib", "startup_s"]))
-        result[shape] = rows
+        rows = lever_rows(number == 0)
+        runs = {name: [] for name in rows}
+        for round_number in range(args.rounds):  # every row once per round, so drift falls on all of them alike
+            for name, (flags, config) in rows.items():
+                run = run_clm_rate(["--tokenizer_name", args.tokenizer, "--scratch_config", shape + config, *flags],
+                                   args.data, args)
+                runs[name].append(run)
+                print(f"round {round_number + 1} | {shape} | {name} | {run}", file=sys.stderr, flush=True)
+        table = {}
+        for name, (flags, _) in rows.items():
+            rates = sorted(r["real_tokens_per_s"] for r in runs[name] if "real_tokens_per_s" in r)
+            if not rates:
+                table[name] = runs[name][-1]
+                continue
+            median = next(r for r in runs[name] if r.get("real_tokens_per_s") == rates[len(rates) // 2])
+            table[name] = {**median, "spread": f"{rates[0]:.0f}-{rates[-1]:.0f}", "rounds": rates,
+                           "padding_efficiency": padding_efficiency(flags, prompts, tokenizer, efficiencies)}
+        before = table[next(iter(table))].get("real_tokens_per_s")
+        for r in table.values():
+            r["vs_before"] = f"{r['real_tokens_per_s'] / before:.2f}x" if before and "real_tokens_per_s" in r else "-"
+        print(f"\n{shape}, {args.tokenizer}, median of {args.rounds} rounds\n")
+        print(markdown(table, ["real_tokens_per_s", "vs_before", "spread", "ms_per_step", "padding_efficiency",
+                               "peak_memory_gib"]))
+        result[shape] = table
     return result
 
 
@@ -266,10 +298,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80, help="run_clm.py rows: steps to train")
     parser.add_argument("--log_every", type=int, default=20, help="run_clm.py rows: steps between logs (the first is untimed)")
     parser.add_argument("--max_train_samples", type=int, default=8192, help="run_clm.py rows: prompts to train on")
+    parser.add_argument("--rounds", type=int, default=3, help="levers: times each row runs; the median is reported")
     parser.add_argument("--output", default=None, help="JSON to write. Default: bench/results/train_throughput[_SUITE].json")
     args = parser.parse_args()
-    args.shapes = args.shapes or {"levers": "n_layer=4,n_embd=256,n_head=4,n_positions=256;"
-                                            "n_layer=6,n_embd=384,n_head=6,n_positions=256",
+    args.shapes = args.shapes or {"levers": "n_layer=4,n_embd=256,n_head=4,n_positions=256",
                                   "gpu": "n_layer=12,n_embd=768,n_head=12,n_positions=1024"}.get(args.suite, "")
     output = Path(args.output or f"bench/results/train_throughput{'' if args.suite == 'batching' else '_' + args.suite}.json")
 

@@ -28,6 +28,25 @@ def test_checkpoint_holds_what_the_next_stage_needs(tiny_checkpoint):
     assert "eval_accuracy" in (tiny_checkpoint / "README.md").read_text()
 
 
+def test_scratch_model_has_no_dropout_and_gpt2s_gelu_in_one_kernel(tiny_checkpoint, tmp_path):
+    """The from-scratch model learns what GPT-2's shape learns: the same tanh GELU, computed by one kernel."""
+    import torch
+    from transformers.activations import ACT2FN
+
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["activation_function"] == "gelu_pytorch_tanh"
+    assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0
+    x = torch.linspace(-10, 10, 20001)
+    assert torch.allclose(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), atol=1e-6)
+    # --scratch_config still sets any of them (bench/train_throughput.py measures the settings of before so).
+    out = tmp_path / "before"
+    flags = ["--scratch_config", "n_layer=1,n_embd=64,n_head=2,n_positions=64,activation_function=gelu_new,resid_pdrop=0.1"]
+    result = run("run_clm.py", "--output_dir", out, "--max_steps", "1", "--do_eval", "false", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = json.loads((out / "config.json").read_text())
+    assert before["activation_function"] == "gelu_new" and before["resid_pdrop"] == 0.1
+
+
 def test_original_recipe_flags_run_as_written(tiny_checkpoint, tmp_path, demo_corpus):
     # The seed's GPU command, pointed at a local GPT-2-shaped folder and a local dataset folder (train/test parquet).
     result = run("run_clm.py", f"--model_name_or_path={tiny_checkpoint}", f"--dataset_name={demo_corpus}",
