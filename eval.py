@@ -6,7 +6,8 @@
 From the first one (or two) keywords of each held-out prompt the model writes a continuation, which is cut
 to as many keywords as the prompt has; ROUGE compares what follows the input keywords. Each sequence stops
 as soon as it holds those keywords, so no time goes to text the cut would drop. Writes rouge.json,
-rouge.md and rouge.png into the checkpoint folder (or --output_dir). Under `accelerate launch` or
+rouge.md, rouge.png and predictions.jsonl (every prompt, input and prediction, to read what the model wrote)
+into the checkpoint folder (or --output_dir). Under `accelerate launch` or
 `torchrun` the prompts are shared out across processes by batch, and the scores equal a one-process run.
 """
 
@@ -169,7 +170,7 @@ def main() -> None:
 
     model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16, args.bf16)
     references = load_references(args)
-    scores, started = {}, time.time()
+    scores, rows, started = {}, [], time.time()
     for input_type in input_types:
         scores[input_type] = {}
         for strategy in strategies:
@@ -182,6 +183,9 @@ def main() -> None:
                                           rank, world_size))
             scores[input_type][strategy] = utils.keyword_aligned_rouge(references, predictions,
                                                                        INPUT_TYPES[input_type])
+            rows += [{"input_type": input_type, "strategy": strategy, "reference": r,
+                      "input": utils.first_keywords(r, INPUT_TYPES[input_type]), "prediction": p}
+                     for r, p in zip(references, predictions)]
     if world_size > 1:  # every prediction is gathered; an exit with gloo threads alive aborts
         dist.destroy_process_group()
     if rank != 0:
@@ -197,9 +201,11 @@ def main() -> None:
         json.dump(result, f, indent=2)
     with open(os.path.join(folder, "rouge.md"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
     plot(scores, input_types, strategies, os.path.join(folder, "rouge.png"))
     update_model_card(args.model_name_or_path, table, result)
-    print(f"\nWrote rouge.json, rouge.md and rouge.png to {folder} ({result['seconds']} s)")
+    print(f"\nWrote rouge.json, rouge.md, rouge.png and predictions.jsonl to {folder} ({result['seconds']} s)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,18 @@ def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
     scores = [json.loads((tmp_path / d / "rouge.json").read_text())["scores"] for d in "ab"]
     assert scores[0] == scores[1]
     assert set(scores[0]) == {"one_keyword", "two_keyword"} and len(scores[0]["one_keyword"]) == 6
+    # predictions.jsonl holds what was scored: every prompt of every column, and the same scores recomputed from it
+    rows = [json.loads(line) for line in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
+    num_prompts = json.loads((tmp_path / "a" / "rouge.json").read_text())["num_prompts"]
+    assert len(rows) == num_prompts * 2 * 6
+    for r in rows:  # each row continues its own input, the first keywords of its reference
+        k = 1 if r["input_type"] == "one_keyword" else 2
+        assert r["input"] == utils.first_keywords(r["reference"], k)
+        assert utils.split_keywords(r["prediction"])[:k] == utils.split_keywords(r["input"])[:k]
+    for input_type, k in (("one_keyword", 1), ("two_keyword", 2)):
+        beam = [r for r in rows if r["input_type"] == input_type and r["strategy"] == "beam"]
+        assert utils.keyword_aligned_rouge([r["reference"] for r in beam], [r["prediction"] for r in beam], k) == \
+            scores[0][input_type]["beam"]
     card = (tiny_checkpoint / "README.md").read_text()  # the model card holds the table once, not once per run
     assert card.count("## Keyword-aligned ROUGE-L: held-out split") == 1 and lines[0] in card
     assert "eval_accuracy" in card
