@@ -4,6 +4,8 @@ Model rows are trained with run_clm.py and scored with eval.py, as a user would 
 already holds a trained model is scored as it is. Baselines, computed on the same prompts:
 - constant: the input keywords, then the 40 most frequent keywords of the train split;
 - retrieval: the first train prompt that starts with the same keywords, else the constant.
+Each row's best column is also scored apart on the prompts whose opening starts a train prompt (seen: retrieval
+copies a near duplicate there, so recalling training prompts pays) and on the rest (new).
 
     python bench/quality.py                                     # every row (trains what is missing: hours)
     python bench/quality.py --rows constant,retrieval,default --max_samples 200
@@ -18,6 +20,7 @@ stand-in corpus and the Gustavosta sample in ../shared/data.
 
 import argparse
 import collections
+import functools
 import importlib.metadata
 import json
 import subprocess
@@ -121,8 +124,9 @@ def check_data_exists(paths: list[str]) -> None:
 
 
 def score(folder: Path, dataset: tuple, out: Path, args, max_samples: int) -> dict:
-    """eval.py's scores of a model folder on one prompt set: {input: {strategy: rougeL}}."""
-    if not (out / "rouge.json").exists() or args.rescore:
+    """eval.py's scores of a model folder on one prompt set: {input: {strategy: rougeL}}, and "by_opening": each
+    input's best strategy scored apart on the prompts whose opening starts a train prompt and on the rest."""
+    if not (out / "predictions.jsonl").exists() or args.rescore:
         data, split = dataset
         subprocess.run(list(map(str, [sys.executable, ROOT / "eval.py", "--model_name_or_path", folder,
                                       "--dataset_name", data, *(["--dataset_split", split] if split else []),
@@ -130,27 +134,53 @@ def score(folder: Path, dataset: tuple, out: Path, args, max_samples: int) -> di
                                       "--strategy", args.strategies, "--output_dir", out,
                                       *(["--num_beams", args.num_beams] if args.num_beams else [])])), check=True, cwd=ROOT)
     scores = json.loads((out / "rouge.json").read_text())["scores"]
-    return {i: {s: v["rougeL"] for s, v in by_strategy.items()} for i, by_strategy in scores.items()}
+    scores = {i: {s: v["rougeL"] for s, v in by_strategy.items()} for i, by_strategy in scores.items()}
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    split_scores = {}
+    for input_type, by_strategy in scores.items():
+        best = max(by_strategy, key=by_strategy.get)
+        chosen = [r for r in rows if r["input_type"] == input_type and r["strategy"] == best]
+        split_scores[input_type] = by_opening([r["reference"] for r in chosen], [r["prediction"] for r in chosen],
+                                              INPUTS[input_type])
+    return scores | {"by_opening": split_scores}
+
+
+@functools.cache
+def train_openings(k: int) -> dict:
+    """{first k keywords: the first train prompt that opens with them}: what retrieval copies."""
+    first_seen = {}
+    for p in utils.load_prompts(str(TRAIN))["train"]["Prompt"]:
+        first_seen.setdefault(utils.first_keywords(p, k), p)
+    return first_seen
+
+
+def by_opening(references: list[str], predictions: list[str], k: int) -> dict:
+    """ROUGE-L on the prompts whose first k keywords open a train prompt too (where retrieval can copy a near
+    duplicate, so recalling training prompts pays) and on the rest."""
+    seen = {i for i, r in enumerate(references) if utils.first_keywords(r, k) in train_openings(k)}
+    result = {"num_seen": len(seen), "num_new": len(references) - len(seen)}
+    for name, keep in (("seen", lambda i: i in seen), ("new", lambda i: i not in seen)):
+        pairs = [(r, p) for i, (r, p) in enumerate(zip(references, predictions)) if keep(i)]
+        result[name] = utils.keyword_aligned_rouge(*map(list, zip(*pairs)), k)["rougeL"] if pairs else None
+    return result
 
 
 def baselines(max_samples: int) -> dict:
-    """{set: {"constant": {input: rougeL}, "retrieval": {...}}} on the prompts eval.py scores."""
+    """{set: {"constant": {input: rougeL, "by_opening": ...}, "retrieval": {...}}} on the prompts eval.py scores."""
     train_prompts = utils.load_prompts(str(TRAIN))["train"]["Prompt"]
     counts = collections.Counter(k for p in train_prompts for k in utils.split_keywords(p))
     constant = ", ".join(k for k, _ in counts.most_common(40))
     results = {}
     for set_name, (data, split) in SETS.items():
         references = utils.rouge_references(test_prompts(data, split))[:max_samples]
-        results[set_name] = {"constant": {}, "retrieval": {}}
+        results[set_name] = {"constant": {"by_opening": {}}, "retrieval": {"by_opening": {}}}
         for input_type, k in INPUTS.items():
-            first_seen = {}
-            for p in train_prompts:
-                first_seen.setdefault(utils.first_keywords(p, k), p)
             inputs = [utils.first_keywords(r, k) for r in references]
             guesses = {"constant": [f"{i} {constant}" for i in inputs],
-                       "retrieval": [first_seen.get(i, f"{i} {constant}") for i in inputs]}
+                       "retrieval": [train_openings(k).get(i, f"{i} {constant}") for i in inputs]}
             for name, predictions in guesses.items():
                 results[set_name][name][input_type] = utils.keyword_aligned_rouge(references, predictions, k)["rougeL"]
+                results[set_name][name]["by_opening"][input_type] = by_opening(references, predictions, k)
     return results
 
 
@@ -181,6 +211,23 @@ def curve(folder: Path, args) -> list[dict]:
     return points
 
 
+def rouge(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def opening_table(results: dict, set_name: str) -> str:
+    """Each row's best column split by whether the prompt's opening starts a train prompt (retrieval's ground)."""
+    first = next(iter(results["rows"].values()))["scores"][set_name]["by_opening"]
+    head = ["row"] + [f"{n} kw, {part} ({first[i][f'num_{part}']})" for i, n in zip(INPUTS, (1, 2)) for part in ("seen", "new")]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for row, data in results["rows"].items():
+        split = data["scores"][set_name]["by_opening"]
+        cells = [rouge(v) for i in INPUTS for v in (split[i]["seen"], split[i]["new"])]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return (f"Best column of each row on the prompts whose opening (the input keywords) starts a train prompt "
+            f"(seen: retrieval copies a near duplicate) and on the rest (new):\n\n" + "\n".join(lines))
+
+
 def markdown(results: dict, strategies: list[str]) -> str:
     blocks = []
     for set_name in SETS:
@@ -196,6 +243,7 @@ def markdown(results: dict, strategies: list[str]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         beams = f", beam with {results['num_beams']} beams" if results["num_beams"] and "beam" in strategies else ""
         blocks.append(f"#### {set_name} ({results['num_prompts']} prompts, ROUGE-L{beams})\n\n" + "\n".join(lines))
+        blocks.append(opening_table(results, set_name))
     return "\n\n".join(blocks)
 
 
@@ -237,8 +285,9 @@ def main() -> None:
         base = baselines(args.max_samples)
         for name in ("constant", "retrieval"):
             if name in rows:
-                results["rows"][name] = {"scores": {s: {i: {"baseline": v} for i, v in base[s][name].items()}
-                                                    for s in SETS}}
+                results["rows"][name] = {"scores": {
+                    s: {i: {"baseline": base[s][name][i]} for i in INPUTS} | {"by_opening": base[s][name]["by_opening"]}
+                    for s in SETS}}
     for name in (r for r in rows if r in RECIPES):
         train(name, folders[name])
         results["rows"][name] = {
@@ -251,10 +300,14 @@ def main() -> None:
 
     table = markdown(results, strategies)
     for name, points in results["curves"].items():
-        table += f"\n\n#### Curve: {name} (first {args.curve_samples} prompts of {next(iter(SETS))}, ROUGE-L, best preset)\n\n| step | epoch | minutes | eval loss | 1 kw | 2 kw |\n|---|---|---|---|---|---|\n"
+        table += (f"\n\n#### Curve: {name} (first {args.curve_samples} prompts of {next(iter(SETS))}, ROUGE-L, best preset)"
+                  f"\n\n| step | epoch | minutes | eval loss | 1 kw | 1 kw, seen opening | 1 kw, new | 2 kw |\n"
+                  f"|---|---|---|---|---|---|---|---|\n")
         table += "\n".join(f"| {p['step']} | {p['epoch']} | {p['minutes']} | {p['eval_loss'] or float('nan'):.3f} | "
-                           f"{max(p['scores']['one_keyword'].values()):.2f} | {max(p['scores']['two_keyword'].values()):.2f} |"
-                           for p in points)
+                           f"{max(p['scores']['one_keyword'].values()):.2f} | "
+                           f"{rouge(p['scores']['by_opening']['one_keyword']['seen'])} | "
+                           f"{rouge(p['scores']['by_opening']['one_keyword']['new'])} | "
+                           f"{max(p['scores']['two_keyword'].values()):.2f} |" for p in points)
     results["seconds"] = round(time.time() - started, 1)
     print(table)
     output = Path(args.output)
