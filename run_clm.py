@@ -72,10 +72,10 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many eval prompts."})
     max_seq_length: int | None = field(default=None, metadata={
         "help": "Longest prompt in tokens (EOS included); longer ones are cut. Default: the model's context."})
-    pad_to_multiple_of: int | None = field(default=8 if ON_GPU else 32, metadata={
-        "help": "Pad each batch to a multiple of this many tokens (1: no padding beyond the longest prompt). Default: "
-                "8 on GPUs (tensor-core shapes); 32 on CPUs, where each new batch shape costs compiling new kernels "
-                "(measured 1.28x the real tokens per second of one shape per prompt length; bench/README.md)."})
+    pad_to_multiple_of: int | None = field(default=8, metadata={
+        "help": "Pad each batch to a multiple of this many tokens (1: no padding beyond the longest prompt). Default 8: "
+                "tensor-core shapes on GPUs; on a CPU 8 and 1 trained alike, and 32 was the slowest of the three "
+                "(a quarter of its computed tokens are padding; bench/README.md)."})
 
 
 @dataclass

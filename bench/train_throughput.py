@@ -54,7 +54,7 @@ LEVERS = [
     ("+ chunked loss (1,024 tokens)", "--loss_chunk_tokens"),
     ("+ fused AdamW", "--optim"),
     ("+ batch 64", "--per_device_train_batch_size"),
-    ("+ padding to a multiple of 32 = today's defaults", "--pad_to_multiple_of"),
+    ("+ padding to a multiple of 8 = today's defaults", "--pad_to_multiple_of"),
 ]
 VARIANTS = {"defaults, batch 128": ["--per_device_train_batch_size", "128"]}
 GPU_ROWS = {
@@ -213,7 +213,7 @@ def padding_efficiency(flags: list[str], prompts: list[str], tokenizer, cache: d
     multiple) from these prompts."""
     settings = dict(zip(flags[::2], flags[1::2]))
     batch_size = int(settings.get("--per_device_train_batch_size", 64))
-    multiple = int(settings.get("--pad_to_multiple_of", 32))
+    multiple = int(settings.get("--pad_to_multiple_of", run_clm.DataArguments.pad_to_multiple_of))
     if (batch_size, multiple) not in cache:
         batches = product_batches(tokenizer, prompts, batch_size, multiple, max_length=128)
         real, computed = efficiency(batches)
