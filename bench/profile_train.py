@@ -57,7 +57,8 @@ def time_steps(step, batches: list[dict]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_batches", type=int, default=12, help="batches timed per row")
-    parser.add_argument("--batch_size", type=int, default=64, help="prompts per batch (run_clm.py's default)")
+    parser.add_argument("--batch_size", type=int, default=run_clm.TrainingArguments.per_device_train_batch_size,
+                        help="prompts per batch (run_clm.py's default)")
     parser.add_argument("--pad_to_multiple_of", type=int, default=run_clm.DataArguments.pad_to_multiple_of,
                         help="padding multiple (run_clm.py's default)")
     parser.add_argument("--scratch_config", default=run_clm.ModelArguments.scratch_config, help="GPT-2 shape")

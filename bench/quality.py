@@ -159,11 +159,12 @@ def train_openings(k: int) -> dict:
 def by_opening(references: list[str], predictions: list[str], k: int) -> dict:
     """ROUGE-L on the prompts whose first k keywords open a train prompt too (where retrieval can copy a near
     duplicate, so recalling training prompts pays) and on the rest."""
-    seen = {i for i, r in enumerate(references) if utils.first_keywords(r, k) in train_openings(k)}
-    result = {"num_seen": len(seen), "num_new": len(references) - len(seen)}
-    for name, keep in (("seen", lambda i: i in seen), ("new", lambda i: i not in seen)):
-        pairs = [(r, p) for i, (r, p) in enumerate(zip(references, predictions)) if keep(i)]
-        result[name] = utils.keyword_aligned_rouge(*map(list, zip(*pairs)), k)["rougeL"] if pairs else None
+    seen = [utils.first_keywords(r, k) in train_openings(k) for r in references]
+    result = {"num_seen": sum(seen), "num_new": len(seen) - sum(seen)}
+    for name, wanted in (("seen", True), ("new", False)):
+        pairs = [(r, p) for r, p, s in zip(references, predictions, seen) if s == wanted]
+        result[name] = utils.keyword_aligned_rouge([r for r, _ in pairs], [p for _, p in pairs], k)["rougeL"] \
+            if pairs else None
     return result
 
 
