@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import image_servers
-from conftest import run
+from conftest import DEVICE, run
 from image_backends import ImageArguments, ImageError, make_backend
 
 FORMATS = ["a1111", "comfyui", "openai"]
@@ -93,13 +93,71 @@ def test_a_wrong_key_is_refused_and_never_shown(servers, monkeypatch, kind):
     assert KEYS[kind][0] in str(error.value)  # says where the key comes from
 
 
-@pytest.mark.parametrize("prompt, error_kind, words", [("never x", "timeout", "did not finish the image within 1 s"),
-                                                        ("error x", "bad_request", "could not run the workflow")])
+@pytest.mark.parametrize("prompt, error_kind, words", [
+    ("never x", "timeout", "did not finish the image within 1 s, so the job was cancelled; raise --image_timeout"),
+    ("error x", "bad_request", "could not run the workflow: node 4 (CheckpointLoaderSimple) failed: "
+                               "safetensors_rust.SafetensorError: Error while deserializing header: header too large"),
+])
 def test_comfyui_jobs_that_never_finish_or_fail(servers, prompt, error_kind, words):
+    server = servers["comfyui"]
     started = time.monotonic()
     with pytest.raises(ImageError) as error:
-        backend("comfyui", servers["comfyui"]).draw(prompt)
+        backend("comfyui", server).draw(prompt)
     assert error.value.kind == error_kind and words in str(error.value) and time.monotonic() - started < 3
+    job = [r for r in server.requests if r["path"] == "/prompt"][-1]
+    if error_kind == "timeout":  # the job is taken off the server, not left running there
+        job_id = next(j for j in server.jobs.values() if j["mode"] == "never" and j["done"] == "cancelled")["id"]
+        cancels = [r["body"] for r in server.requests if r["path"] in ("/queue", "/interrupt")][-2:]
+        assert cancels == [{"delete": [job_id]}, {"prompt_id": job_id}]
+    assert job["body"]["prompt"]["6"]["inputs"]["text"] == prompt
+
+
+@pytest.mark.parametrize("installed, listed", [([], "none"), (["a.safetensors", "b.ckpt"], "a.safetensors, b.ckpt")])
+def test_comfyui_refused_workflow_names_the_node_and_the_checkpoints(installed, listed):
+    server = image_servers.start("comfyui", checkpoints=installed)
+    try:
+        drawer = backend("comfyui", server, image_model="no-such-model.safetensors")
+        with pytest.raises(ImageError) as error:
+            drawer.draw("castle")
+        problem = drawer.problem()
+    finally:
+        server.shutdown()
+    message = str(error.value)
+    assert error.value.kind == "bad_request" and "ComfyUI refused the request (HTTP 400): Prompt outputs failed " \
+        "validation; node 4 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'no-such-model.safetensors' not " \
+        f"in {installed}" in message and f"(installed checkpoints: {listed})" in message
+    # asked at start, the page can say so before anyone clicks
+    assert problem.kind == "notice" and f"no checkpoint no-such-model.safetensors; it has {listed}" in str(problem)
+
+
+def test_comfyui_guidance_zero_is_sent_as_zero(servers):
+    backend("comfyui", servers["comfyui"], image_guidance=0.0, image_steps=1).draw("castle")
+    sent = servers["comfyui"].requests[-1]["body"]["prompt"]["3"]["inputs"]
+    assert sent["cfg"] == 0.0 and sent["steps"] == 1
+
+
+def test_comfyui_workflow_says_which_flags_it_ignores(servers, tmp_path):
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps({"6": {"class_type": "CLIPTextEncode", "inputs": {"text": ""}}}))
+    drawer = backend("comfyui", servers["comfyui"], comfyui_workflow=str(path), image_steps=4, image_width=768)
+    problem = drawer.problem()
+    assert problem.kind == "notice"
+    assert "--image_steps, --image_width are ignored with --comfyui_workflow" in str(problem)
+    assert backend("comfyui", servers["comfyui"], comfyui_workflow=str(path)).problem() is None
+
+
+@pytest.mark.parametrize("kind, prompt, words", [
+    ("a1111", "down x", "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ("a1111", "refused x", "(HTTP 422): steps: value is not a valid integer"),
+    ("a1111", "unauthorized x", "Incorrect username or password"),
+    ("openai", "refused x", "(HTTP 400): Your request was rejected as a result of our safety system."),
+    ("openai", "unauthorized x", "Incorrect API key provided"),
+    ("comfyui", "refused x", "Cannot execute because a node is missing the class_type property."),
+])
+def test_errors_carry_the_servers_own_words(servers, monkeypatch, kind, prompt, words):
+    with pytest.raises(ImageError) as error:
+        backend(kind, servers[kind], monkeypatch).draw(prompt)
+    assert words in str(error.value) and image_servers.KEY not in str(error.value)
 
 
 def test_comfyui_takes_the_users_workflow(servers, tmp_path):
@@ -157,7 +215,8 @@ def test_command_line_draws_one_prompt_to_a_file(servers, tmp_path):
     unknown = run("image_backends.py", "a castle", "--image_backend", "midjourney")
     assert unknown.returncode != 0 and "invalid choice" in unknown.stderr
     (tmp_path / "bad.json").write_text(json.dumps({"3": {"class_type": "KSampler", "inputs": {}}}))
-    bad = run("image_backends.py", "a castle", "--image_backend", "comfyui", "--comfyui_workflow", tmp_path / "bad.json")
+    bad = run("image_backends.py", "a castle", "--image_backend", "comfyui", "--comfyui_workflow",
+              tmp_path / "bad.json")
     assert bad.returncode != 0 and "no text node" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -166,7 +225,7 @@ def test_diffusers_pipeline_draws(tiny_pipeline):
                                          image_width=64, image_height=64))
     first, again = drawer.draw("a castle", "blurry", 5), drawer.draw("a castle", "blurry", 5)
     assert first.size == (64, 64) and first.tobytes() == again.tobytes()  # seeded
-    assert drawer.problem() is None and "(cpu)" in drawer.url
+    assert drawer.problem() is None and f"({DEVICE})" in drawer.url
 
 
 def test_diffusers_missing_model_is_a_setup_error(tmp_path):

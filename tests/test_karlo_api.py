@@ -41,9 +41,10 @@ def test_rate_limit_is_retried(server):
 
 
 @pytest.mark.parametrize("prompt, kind, words", [
-    ("unauthorized x", "bad_key", "rejected the API key"),
+    ("unauthorized x", "bad_key", "refused the credentials (HTTP 401); check KARLO_API_KEY"),
     ("down x", "down", "failing (HTTP 500)"),
-    ("garbage x", "bad_response", "not JSON"),
+    ("garbage x", "bad_response", "not a JSON object"),
+    ("refused x", "bad_request", "(HTTP 400): prompt contains a banned word"),
 ])
 def test_failures_explained_without_the_key(server, prompt, kind, words):
     with pytest.raises(KarloError) as error:
