@@ -6,13 +6,21 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import decoding  # noqa: E402
 import utils  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Real-prompt corpora, for the tests marked `corpus`: PROMPT_CORPORA names the folder that holds them.
 CORPORA = Path(os.environ.get("PROMPT_CORPORA") or ROOT.parent / "shared" / "data")
 STAND_IN = CORPORA / "sd-discord-prompts"  # train.parquet and test.parquet, one `Prompt` column
-TINY = ["--scratch_config", "n_layer=1,n_embd=64,n_head=2,n_positions=64", "--disable_tqdm", "true"]
+# A tiny model; its memory is built as by default, with the default weights (choosing them is tested where it counts).
+TINY = ["--scratch_config", "n_layer=1,n_embd=64,n_head=2,n_positions=64", "--disable_tqdm", "true",
+        "--memory_tuning_samples", "0"]
+# Tests hold on a CPU machine and on a CUDA one: what depends on the hardware is asked, not assumed.
+import torch  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"  # where --device auto runs
 # No test reaches the Hub: names that are not local paths fail fast instead of waiting on the network.
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -39,8 +47,17 @@ def run(script: str, *args: str, stdin: str | None = None, timeout: int = 600, c
 
 
 @pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """The bundled GPT-2 tokenizer, padding with its EOS as the scripts do."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER)
+    utils.ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
-    """A dataset folder laid out like the real ones (train.parquet, test.parquet), made from the bundled demo prompts."""
+    """A dataset folder laid out like the real ones (train.parquet, test.parquet), made of the bundled demo prompts."""
     import pandas as pd
     folder = tmp_path_factory.mktemp("demo-corpus")
     prompts = utils.DEMO_DATA.read_text().splitlines()
@@ -67,7 +84,7 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(0)
-    tokenizer = utils.clip_tokenizer()
+    tokenizer = decoding.clip_tokenizer()
     blocks = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32)
     unet = UNet2DConditionModel(sample_size=32, in_channels=4, out_channels=4, cross_attention_dim=32,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -76,9 +93,11 @@ def tiny_pipeline(tmp_path_factory) -> Path:
                         up_block_types=("UpDecoderBlock2D",) * 2, **blocks)
     text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
                                                 num_hidden_layers=2, vocab_size=len(tokenizer),
-                                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1)
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)

@@ -5,13 +5,13 @@ import json
 import os
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from test_demo import ask, launch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import utils
 from bench.quality import smollm2_gguf
 from conftest import run
-from test_demo import ask, launch
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_llama_trains_evaluates_and_generates(tiny_llama, tmp_path):
     out = tmp_path / "llama-out"
     trained = run("run_clm.py", "--model_name_or_path", tiny_llama, "--output_dir", out, "--max_steps", "40",
                   "--learning_rate", "1e-2", "--per_device_train_batch_size", "16", "--max_eval_samples", "24",
-                  "--disable_tqdm", "true")
+                  "--memory_tuning_samples", "0", "--disable_tqdm", "true")
     assert trained.returncode == 0, trained.stderr[-3000:]
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -99,7 +99,7 @@ def test_fine_tunes_from_a_real_gguf_and_saves_plain_safetensors(tmp_path):
     assert scored.returncode == 0, scored.stderr[-3000:]
     process, url = launch(out, {**env, "KARLO_API_KEY": "", "KARLO_API_URL": "http://127.0.0.1:9"})
     try:
-        prompt, image, status, clip = ask(url, "a castle,", num_keywords=4, strategy="beam")
+        prompt, image, status, clip, copied = ask(url, "a castle,", num_keywords=4, strategy="beam")
     finally:
         process.terminate()
         process.communicate(timeout=30)

@@ -66,10 +66,12 @@ def test_wildcard_and_csv_files_resume(tiny_checkpoint, tmp_path, suffix):
     if suffix == "txt":
         prompts = text.splitlines()
         assert len(prompts) == 80
-        assert [p.split(",")[0] for p in prompts[::2]] == [line.split(",")[0] for line in inputs.read_text().splitlines()]
+        lines = inputs.read_text().splitlines()
+        assert [p.split(",")[0] for p in prompts[::2]] == [line.split(",")[0] for line in lines]
     else:
         rows = list(csv.DictReader(text.splitlines()))
-        assert sorted((int(r["line"]), int(r["candidate"])) for r in rows) == [(n, c) for n in range(1, 41) for c in range(2)]
+        written = sorted((int(r["line"]), int(r["candidate"])) for r in rows)
+        assert written == [(n, c) for n in range(1, 41) for c in range(2)]
 
 
 def test_bad_batch_input_is_refused_and_nothing_written_is_lost(tiny_checkpoint, tmp_path):

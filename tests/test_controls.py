@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
+import decoding
 import utils
 from conftest import TINY, run
 
@@ -15,13 +15,6 @@ STYLES = ["digital painting", "concept art", "highly detailed", "sharp focus", "
           "matte painting", "illustration", "cinematic lighting", "vibrant colors", "artstation", "smooth"]
 SUBJECTS = ["castle", "dragon", "knight", "forest", "city", "robot", "ship", "mountain lake", "owl", "witch"]
 GREG = re.compile(r"\bgreg rutkowski\b", re.IGNORECASE)
-
-
-@pytest.fixture(scope="module")
-def gpt2_tokenizer():
-    tokenizer = AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER)
-    utils.ensure_pad_token(tokenizer)
-    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +54,18 @@ def masked_steps(processor, tokenizer, pieces: list[str]) -> list[bool]:
     ["a portrait, by", " greg rutkowski"],
 ])
 def test_every_tokenization_of_a_blocked_phrase_is_masked(gpt2_tokenizer, pieces):
-    processor = utils.BlocklistProcessor(gpt2_tokenizer, ["Greg Rutkowski"])
-    masked = masked_steps(processor, gpt2_tokenizer, pieces + [gpt2_tokenizer.eos_token])
-    assert any(masked), pieces
+    """The first token masked is the one that would complete the phrase as a whole word (the one that ends the word
+    after it, when the phrase ends with a token), and none before it."""
+    processor = decoding.BlocklistProcessor(gpt2_tokenizer, ["Greg Rutkowski"])
+    pieces = pieces + [gpt2_tokenizer.eos_token]
+    masked = masked_steps(processor, gpt2_tokenizer, pieces)
+    ids = [i for piece in pieces for i in gpt2_tokenizer(piece, add_special_tokens=False)["input_ids"]]
+    start = len(gpt2_tokenizer(pieces[0], add_special_tokens=False)["input_ids"])
+    completes = re.compile(r"(?<![^\W_])greg rutkowski(?=[\W_])")
+    written = [gpt2_tokenizer.decode(ids[:p + 1], skip_special_tokens=True).lower() + " " * (ids[p] == ids[-1])
+               for p in range(start, len(ids))]
+    first = next(n for n, text in enumerate(written) if completes.search(text))
+    assert masked[first] and not any(masked[:first]), (pieces, masked)
 
 
 @pytest.mark.parametrize("phrase, pieces", [
@@ -73,42 +75,43 @@ def test_every_tokenization_of_a_blocked_phrase_is_masked(gpt2_tokenizer, pieces
     ("art", ["a portrait,", " smart", " lighting", ","]),
 ])
 def test_blocklist_matches_whole_words_only(gpt2_tokenizer, phrase, pieces):
-    processor = utils.BlocklistProcessor(gpt2_tokenizer, [phrase])
+    processor = decoding.BlocklistProcessor(gpt2_tokenizer, [phrase])
     assert not any(masked_steps(processor, gpt2_tokenizer, pieces))
 
 
 def test_blocked_word_never_written_by_a_model_that_loves_it(habit_checkpoint):
-    model, tokenizer = utils.load_checkpoint(str(habit_checkpoint))
+    model, tokenizer = decoding.load_checkpoint(str(habit_checkpoint))
     inputs = [f"{subject}," for subject in SUBJECTS] * 20  # 200 generations
-    preset = utils.PRESETS["top_k"]
+    preset = decoding.PRESETS["top_k"]
     torch.manual_seed(0)
-    free = utils.generate_prompts(model, tokenizer, inputs[:100], preset, 24, num_keywords=[4] * 100)
+    free = decoding.generate_prompts(model, tokenizer, inputs[:100], preset, 24, num_keywords=[4] * 100)
     torch.manual_seed(0)
-    blocked = utils.generate_prompts(model, tokenizer, inputs, preset, 24, num_keywords=[4] * len(inputs),
+    blocked = decoding.generate_prompts(model, tokenizer, inputs, preset, 24, num_keywords=[4] * len(inputs),
                                      blocklist=["Greg Rutkowski"])
     assert sum(bool(GREG.search(p)) for p in free) >= 50  # the habit is real
     assert not any(GREG.search(p) for p in blocked), [p for p in blocked if GREG.search(p)][:3]
     assert all(p.startswith(i.rstrip(",")) for p, i in zip(blocked, inputs))
-    kept = utils.generate_prompts(model, tokenizer, ["greg rutkowski,"], utils.PRESETS["greedy"], 20,
+    kept = decoding.generate_prompts(model, tokenizer, ["greg rutkowski,"], decoding.PRESETS["greedy"], 20,
                                   blocklist=["greg rutkowski"])
     assert kept[0].startswith("greg rutkowski")  # the user's own keywords stay
 
 
 def test_blocklist_that_blocks_everything_is_refused(gpt2_tokenizer):
     with pytest.raises(ValueError, match="would block every keyword"):
-        utils.BlocklistProcessor(gpt2_tokenizer, ["nsfw", " , "])
+        decoding.BlocklistProcessor(gpt2_tokenizer, ["nsfw", " , "])
 
 
 def test_repeated_keyword_is_replaced_and_the_count_holds(habit_checkpoint):
-    model, tokenizer = utils.load_checkpoint(str(habit_checkpoint))
+    model, tokenizer = decoding.load_checkpoint(str(habit_checkpoint))
     inputs = [f"{subject}," for subject in SUBJECTS]
     for preset in ("greedy", "top_k"):
         torch.manual_seed(0)
-        repeated = utils.generate_prompts(model, tokenizer, inputs, utils.PRESETS[preset], 60, num_keywords=[4] * 10)
+        repeated = decoding.generate_prompts(model, tokenizer, inputs, decoding.PRESETS[preset], 60,
+                                             num_keywords=[4] * 10)
         assert sum("trending, trending" in p for p in repeated) >= 5  # the habit is real
         torch.manual_seed(0)
-        prompts = utils.generate_prompts(model, tokenizer, inputs, utils.PRESETS[preset], 60, num_keywords=[4] * 10,
-                                         no_repeat_keywords=True)
+        prompts = decoding.generate_prompts(model, tokenizer, inputs, decoding.PRESETS[preset], 60,
+                                            num_keywords=[4] * 10, no_repeat_keywords=True)
         for prompt in prompts:
             keywords = [utils.normalize_keyword(k) for k in utils.split_keywords(prompt)]
             assert len(keywords) == 4 and len(set(keywords)) == 4 and all(keywords), prompt
@@ -133,24 +136,25 @@ def test_clip_token_counts_equal_open_clip():
              "ﬁne ligature, Ｆｕｌｌwidth, e\u0301 accent", "â€œmojibakeâ€\x9d “curly” quotes", "tab\tnew\nline", "",
              "trending on artstation, octane render, 8k, unreal engine 5, " * 6]
     texts += utils.DEMO_DATA.read_text().splitlines()[:200]
-    assert utils.clip_token_counts(texts) == [len(reference.encode(t)) for t in texts]
+    assert decoding.clip_token_counts(texts) == [len(reference.encode(t)) for t in texts]
 
 
 def test_clip_budget_cuts_at_whole_keywords(habit_checkpoint):
     prompt = "castle, by greg rutkowski, digital painting, highly detailed, octane render, unreal engine"
-    counts = utils.clip_token_counts([utils.cut_to_keywords(prompt, n) for n in range(1, 7)])
+    counts = decoding.clip_token_counts([utils.cut_to_keywords(prompt, n) for n in range(1, 7)])
     for budget in range(counts[0], counts[-1] + 2):
-        cut = utils.fit_clip_budget(prompt, budget)
-        assert utils.clip_token_counts([cut])[0] <= budget and prompt.startswith(cut)
+        cut = decoding.fit_clip_budget(prompt, budget)
+        assert decoding.clip_token_counts([cut])[0] <= budget and prompt.startswith(cut)
         assert cut == prompt or prompt[len(cut):].startswith(", ")  # whole keywords only
-        assert utils.clip_token_counts([utils.cut_to_keywords(prompt, len(utils.split_keywords(cut)) + 1)])[0] > budget \
-            or cut == prompt  # and no whole keyword more would fit
-    model, tokenizer = utils.load_checkpoint(str(habit_checkpoint))
-    prompts = utils.generate_prompts(model, tokenizer, [f"{s}," for s in SUBJECTS], utils.PRESETS["greedy"], 60,
+        one_more = utils.cut_to_keywords(prompt, len(utils.split_keywords(cut)) + 1)
+        assert decoding.clip_token_counts([one_more])[0] > budget or cut == prompt  # and no more would fit
+    model, tokenizer = decoding.load_checkpoint(str(habit_checkpoint))
+    prompts = decoding.generate_prompts(model, tokenizer, [f"{s}," for s in SUBJECTS], decoding.PRESETS["greedy"], 60,
                                      max_clip_tokens=12)
-    assert all(n <= 12 for n in utils.clip_token_counts(prompts)) and all(p.count(",") >= 1 for p in prompts)
+    assert all(n <= 12 for n in decoding.clip_token_counts(prompts)) and all(p.count(",") >= 1 for p in prompts)
     with pytest.raises(ValueError, match="alone takes"):
-        utils.generate_prompts(model, tokenizer, ["castle, " * 20], utils.PRESETS["greedy"], 10, max_clip_tokens=12)
+        decoding.generate_prompts(model, tokenizer, ["castle, " * 20], decoding.PRESETS["greedy"], 10,
+                                  max_clip_tokens=12)
 
 
 def test_command_line_controls_and_quiet_output(habit_checkpoint):
@@ -161,7 +165,7 @@ def test_command_line_controls_and_quiet_output(habit_checkpoint):
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and all(line.startswith("castle") for line in lines)
     assert not any(GREG.search(line) for line in lines)
-    assert all(n <= 30 for n in utils.clip_token_counts(lines))
+    assert all(n <= 30 for n in decoding.clip_token_counts(lines))
     for line in lines:
         keywords = [utils.normalize_keyword(k) for k in utils.split_keywords(line)]
         assert len(keywords) == len(set(keywords))
@@ -172,7 +176,8 @@ def test_command_line_controls_and_quiet_output(habit_checkpoint):
 
 @pytest.mark.parametrize("flags, message", [
     (["--blocklist", "nsfw, !!"], "would block every keyword"),
-    (["--max_clip_tokens", "2", "--prompt", "a very long first keyword, and a second one,"], "CLIP tokens, over the budget"),
+    (["--max_clip_tokens", "2", "--prompt", "a very long first keyword, and a second one,"],
+     "CLIP tokens, over the budget"),
 ])
 def test_command_line_refuses_bad_controls(tiny_checkpoint, flags, message):
     args = ["--model_name_or_path", tiny_checkpoint, *flags]

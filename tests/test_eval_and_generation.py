@@ -1,12 +1,14 @@
 """eval.py and run_generation.py on a real tiny checkpoint."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
+import decoding
 import utils
-from conftest import STAND_IN, run
+from conftest import HAS_CUDA, STAND_IN, run
 
 
 def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
@@ -36,8 +38,8 @@ def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
         assert utils.split_keywords(r["prediction"])[:k] == utils.split_keywords(r["input"])[:k]
     for input_type, k in (("one_keyword", 1), ("two_keyword", 2)):
         beam = [r for r in rows if r["input_type"] == input_type and r["strategy"] == "beam"]
-        assert utils.keyword_aligned_rouge([r["reference"] for r in beam], [r["prediction"] for r in beam], k) == \
-            scores[0][input_type]["beam"]
+        recomputed = utils.keyword_aligned_rouge([r["reference"] for r in beam], [r["prediction"] for r in beam], k)
+        assert recomputed == {m: scores[0][input_type]["beam"][m] for m in recomputed}  # copy shares beside them
     card = (tiny_checkpoint / "README.md").read_text()  # the model card holds the table once, not once per run
     assert card.count("## Keyword-aligned ROUGE-L: held-out split") == 1 and lines[0] in card
     assert "eval_accuracy" in card
@@ -58,18 +60,17 @@ def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, t
 
 def test_early_stop_keeps_the_full_length_text_of_a_model_that_never_writes_commas(tmp_path, demo_corpus):
     """An untrained model rambles for the whole context without a comma: eval.py must not cut it any sooner."""
-    import eval as evaluation
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=160)).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER).save_pretrained(tmp_path)
-    model, tokenizer = utils.load_checkpoint(str(tmp_path), "cpu")
+    model, tokenizer = decoding.load_checkpoint(str(tmp_path), "cpu")
     references = utils.rouge_references(utils.load_prompts(str(demo_corpus / "test.parquet"))["train"]["Prompt"])[:6]
     predictions = {}
-    for no_early_stop in (False, True):
-        options = evaluation.EvalArguments(batch_size=3, no_early_stop=no_early_stop)
-        predictions[no_early_stop] = evaluation.evaluate(model, tokenizer, references, 1, utils.PRESETS["greedy"], options)
+    for early_stop in (True, False):
+        predictions[not early_stop] = decoding.predict_keywords(model, tokenizer, references, 1,
+                                                                decoding.PRESETS["greedy"], 3, early_stop=early_stop)
     assert predictions[False] == predictions[True]
     # The case that matters: continuations far longer than their references, run to the context's end.
     longest = max(len(tokenizer(p)["input_ids"]) for p in predictions[False])
@@ -81,10 +82,17 @@ def test_eval_errors(tiny_checkpoint, tmp_path):
     assert missing.returncode != 0 and "python run_clm.py" in missing.stderr
     unknown = run("eval.py", "--model_name_or_path", tiny_checkpoint, "--strategy", "greedy,wild")
     assert unknown.returncode != 0 and "unknown strategy wild" in unknown.stderr
-    cuda = run("eval.py", "--model_name_or_path", tiny_checkpoint, "--device", "cuda")
-    assert cuda.returncode != 0 and "no CUDA GPU" in cuda.stderr
-    for result in (missing, unknown, cuda):
-        assert "Traceback" not in result.stderr
+    negative = run("eval.py", "--model_name_or_path", tiny_checkpoint, "--max_samples", "-5")
+    assert negative.returncode != 0 and "--max_samples must be at least 1; got -5" in negative.stderr
+    for result in (missing, unknown, negative):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="asks for CUDA where PyTorch sees none; this machine has a CUDA GPU")
+def test_cuda_asked_for_without_a_gpu(tiny_checkpoint):
+    for script, extra in (("eval.py", []), ("run_generation.py", ["--prompt", "a,"])):
+        cuda = run(script, "--model_name_or_path", tiny_checkpoint, "--device", "cuda", *extra)
+        assert cuda.returncode != 0 and "no CUDA GPU" in cuda.stderr and "Traceback" not in cuda.stderr
 
 
 def test_run_generation_prompt_and_stdin(tiny_checkpoint):
@@ -113,7 +121,8 @@ def test_run_generation_original_flags_and_seed(tiny_checkpoint):
     first, second = run("run_generation.py", *args), run("run_generation.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout == second.stdout and first.stdout.startswith("a castle,")
-    assert "float32" in first.stderr  # --fp16 on a CPU says what it does instead
+    if not HAS_CUDA:  # --fp16 on a CPU says what it does instead; on a GPU it runs in float16
+        assert "float32" in first.stderr
 
 
 def test_run_generation_errors(tiny_checkpoint, tmp_path):
@@ -123,9 +132,29 @@ def test_run_generation_errors(tiny_checkpoint, tmp_path):
     assert missing.returncode != 0 and "python run_clm.py" in missing.stderr
     strategy = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "a,", "--strategy", "x")
     assert strategy.returncode != 0 and "invalid choice" in strategy.stderr
-    cuda = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "a,", "--device", "cuda")
-    assert cuda.returncode != 0 and "no CUDA GPU" in cuda.stderr
     long = run("run_generation.py", "--model_name_or_path", tiny_checkpoint, "--prompt", "castle, " * 80,
                "--length", "10", "--strategy", "greedy")
     assert long.returncode == 0, long.stderr[-3000:]
     assert "kept its last 54" in long.stderr  # 64-token context minus 10 new tokens
+
+
+def test_eval_says_whether_memory_was_on_and_weight_zero_is_the_model_alone(tiny_checkpoint, tmp_path):
+    args = ["--strategy", "greedy,beam", "--max_samples", "16", "--batch_size", "8"]
+    on = run("eval.py", "--model_name_or_path", tiny_checkpoint, *args, "--output_dir", tmp_path / "on")
+    off = run("eval.py", "--model_name_or_path", tiny_checkpoint, *args, "--memory_weight", "0",
+              "--output_dir", tmp_path / "off")
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_checkpoint, bare, ignore=shutil.ignore_patterns("memory"))
+    alone = run("eval.py", "--model_name_or_path", bare, *args, "--output_dir", tmp_path / "alone")
+    assert on.returncode == off.returncode == alone.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    assert "Memory: on, " in on.stdout and "Memory: off (--memory_weight 0)" in off.stdout
+    assert "Memory: none" in alone.stdout
+    read = lambda d: json.loads((tmp_path / d / "rouge.json").read_text())
+    strip = lambda scores: {i: {s: {k: v for k, v in m.items() if k.startswith("rouge")} for s, m in by.items()}
+                            for i, by in scores.items()}
+    assert strip(read("off")["scores"]) == read("alone")["scores"]  # weight 0: exactly the model alone
+    assert read("on")["memory"] is True and read("off")["memory"] is False
+    for result in (read("on"), read("off")):  # how much was copied, per column, with and without the memory
+        copied = result["scores"]["one_keyword"]["beam"]
+        assert 0 <= copied["copied_prompts"] <= 100 and copied["copied_keywords"] >= 0
+    assert "% equal to a training prompt" in on.stdout and "longest run copied" in on.stdout

@@ -32,8 +32,8 @@ def launch(launcher: str, script: str, *args) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_process_training(launcher, tmp_path):
     out = tmp_path / "ddp"
-    result = launch(launcher, "run_clm.py", "--output_dir", out, "--max_steps", "4", "--per_device_train_batch_size", "4",
-                      "--max_train_samples", "64", "--max_eval_samples", "8", *TINY)
+    result = launch(launcher, "run_clm.py", "--output_dir", out, "--max_steps", "4",
+                    "--per_device_train_batch_size", "4", "--max_train_samples", "64", "--max_eval_samples", "8", *TINY)
     assert result.returncode == 0, result.stderr[-4000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import DataCollatorForSeq2Seq
 
+import decoding
 import utils
 
 
@@ -35,10 +36,8 @@ def test_keyword_helpers():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    tokenizer = AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER)
-    utils.ensure_pad_token(tokenizer)
-    return tokenizer
+def tokenizer(gpt2_tokenizer):
+    return gpt2_tokenizer
 
 
 def test_bundled_tokenizer_is_gpt2(tokenizer):
@@ -51,7 +50,7 @@ def test_eos_is_appended_and_kept_in_labels(tokenizer):
                                    tokenizer, "Prompt", max_length=8)
     assert all(ids[-1] == tokenizer.eos_token_id for ids in batch["input_ids"])
     assert max(batch["length"]) == 8  # cut to the limit, EOS still last
-    features = [{"input_ids": i, "labels": l} for i, l in zip(batch["input_ids"], batch["labels"])]
+    features = [{"input_ids": ids, "labels": labels} for ids, labels in zip(batch["input_ids"], batch["labels"])]
     padded = DataCollatorForSeq2Seq(tokenizer)(features)
     short = len(batch["input_ids"][0])
     # The pad id equals the EOS id, yet the EOS stays a label and only padding positions are -100.
@@ -90,7 +89,7 @@ def test_rouge_is_a_mean_over_pairs():
 
 
 def test_presets_match_the_seed_columns():
-    p = utils.PRESETS
+    p = decoding.PRESETS
     assert set(p) == {"greedy", "no_repeat_ngram", "beam", "temperature", "top_k", "top_p"}
     assert p["greedy"]["do_sample"] is False and p["greedy"]["num_beams"] == 1
     assert p["no_repeat_ngram"]["no_repeat_ngram_size"] == 3 and not p["no_repeat_ngram"]["do_sample"]
@@ -109,7 +108,7 @@ def test_stopping_criterion_per_row(tokenizer):
     new = torch.tensor([x + [tokenizer.eos_token_id] * (width - len(x)) for x in ids])
     full = torch.cat([prompt_ids, new], dim=1)
     # Row 0 needs 2 more commas (it has them), row 1 needs 1 (it has none).
-    criterion = utils.KeywordStoppingCriteria(tokenizer, len(tokenizer), prompt_ids.shape[1], [2, 1])
+    criterion = decoding.KeywordStoppingCriteria(tokenizer, len(tokenizer), prompt_ids.shape[1], [2, 1])
     assert criterion(full, None).tolist() == [True, False]
     # Rows repeated per beam follow their input.
     assert criterion(full.repeat_interleave(3, dim=0), None).tolist() == [True] * 3 + [False] * 3
