@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import decoding  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model_name_or_path", default=utils.DEFAULT_CHECKPOINT, help="checkpoint folder")
     parser.add_argument("--num_inputs", type=int, default=256, help="inputs of each batch-mode row")
     parser.add_argument("--single_calls", type=int, default=8, help="commands timed for the one-per-input row")
-    parser.add_argument("--strategy", default="beam", choices=list(utils.PRESETS))
+    parser.add_argument("--strategy", default="beam", choices=list(decoding.PRESETS))
     parser.add_argument("--num_keywords", type=int, default=12, help="keywords per prompt (the demo's default)")
     parser.add_argument("--output", default="bench/results/batch_generation.json", help="JSON to write")
     args = parser.parse_args()

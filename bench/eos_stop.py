@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import decoding  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -24,14 +25,15 @@ def main() -> None:
     parser.add_argument("--num_prompts", type=int, default=100, help="held-out prompts to start from")
     parser.add_argument("--output", default="bench/results/eos_stop.json", help="JSON to write")
     args = parser.parse_args()
-    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, "cpu")
+    model, tokenizer = decoding.load_checkpoint(args.model_name_or_path, "cpu")
     if args.dataset_name:
         dataset = utils.load_prompts(args.dataset_name)
-        prompts = dataset[next(s for s in ("validation", "test", "train") if s in dataset)]["Prompt"][: args.num_prompts]
+        split = next(s for s in ("validation", "test", "train") if s in dataset)
+        prompts = dataset[split]["Prompt"][: args.num_prompts]
     else:
-        prompts = utils.load_eval_prompts(args.model_name_or_path)[: args.num_prompts]
+        prompts = utils.load_saved_prompts(args.model_name_or_path)[: args.num_prompts]
     inputs = [utils.first_keywords(p, 1) for p in prompts]
-    limit = min(utils.model_context(model), 1024)
+    limit = min(decoding.model_context(model), 1024)
     lengths = []
     for start in range(0, len(inputs), 25):
         batch = tokenizer(inputs[start:start + 25], return_tensors="pt", padding=True)
@@ -40,7 +42,8 @@ def main() -> None:
         for row in output[:, batch["input_ids"].shape[1]:].tolist():
             lengths.append(row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else None)
     stopped = [n for n in lengths if n is not None]
-    result = {"model": args.model_name_or_path, "num_prompts": len(lengths), "stopped_share": round(len(stopped) / len(lengths), 3),
+    result = {"model": args.model_name_or_path, "num_prompts": len(lengths),
+              "stopped_share": round(len(stopped) / len(lengths), 3),
               "median_new_tokens_when_stopped": statistics.median(stopped) if stopped else None,
               "max_new_tokens_when_stopped": max(stopped) if stopped else None, "context": limit}
     print(json.dumps(result, indent=2))

@@ -2,9 +2,10 @@
 # The GPU path, measured in one command: GPT-2-small (12x768, random weights) on the prompt corpus.
 #   1. training: real tokens/s, peak GPU memory and model FLOPs utilisation, the original recipe (batch 16 padded
 #      to 1,024, weights in bf16) against run_clm.py's defaults and its best GPU settings (bench/train_throughput.py);
-#   2. evaluation: eval.py's early stop against generating to 1,024 tokens, same ROUGE (bench/eval_speed.py);
-#   3. the demo's latency for one prompt, beam, 12 keywords (bench/latency.py);
-#   4. real CUDA runs of the scripts: run_clm.py --bf16 (300 steps; its checkpoint feeds 2 and 3),
+#   2. evaluation: eval.py's early stop against generating to 1,024 tokens, same ROUGE, and eval.py with the memory
+#      against the model alone (bench/eval_speed.py);
+#   3. the demo's latency for one prompt, beam, 12 keywords, without and with the memory (bench/latency.py);
+#   4. real CUDA runs of the scripts: run_clm.py --bf16 (300 steps and its memory; the checkpoint feeds 2 and 3),
 #      eval.py --fp16 --device cuda, run_generation.py --fp16.
 # Writes report.md (every table) and the JSON of each step into OUTPUT_FOLDER. Under 8 minutes on one H100.
 #
@@ -17,8 +18,10 @@ cd "$(dirname "$0")/.."
 if [ ! -e "$data" ]; then echo "error: prompt data $data not found; pass a dataset folder or file as the second argument" >&2; exit 2; fi
 if [ "${3:-}" = --dry ]; then
   shape=n_layer=1,n_embd=64,n_head=2,n_positions=1024 steps=6 log=2 train_steps=20 samples=512 prompts=8 repeats=3 device=cpu
+  tuning=20
 else
   shape=n_layer=12,n_embd=768,n_head=12,n_positions=1024 steps=40 log=10 train_steps=300 samples=8192 prompts=64 repeats=10 device=cuda
+  tuning=300
   python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA GPU here; use --dry to check the script on a CPU')"
 fi
 work=$(mktemp -d)
@@ -40,7 +43,8 @@ python bench/train_throughput.py --suite gpu --data "$data" --shapes "$shape" --
 
 section "4a. python run_clm.py --bf16 true --max_steps $train_steps (checkpoint for 2 and 3)"
 python run_clm.py --dataset_name "$data" --scratch_config "$shape" --bf16 true --max_steps $train_steps \
-  --max_train_samples $samples --max_eval_samples 500 --output_dir "$work/model" --save_strategy no \
+  --max_train_samples $samples --max_eval_samples 500 --memory_tuning_samples $tuning --output_dir "$work/model" \
+  --save_strategy no \
   --report_to none --disable_tqdm true > "$work/run_clm.log" 2>&1 || { tail -30 "$work/run_clm.log" >&2; exit 1; }
 python -c "import json, sys; t = json.load(open(sys.argv[1])); e = json.load(open(sys.argv[2]))
 print(f\"train_runtime {t['train_runtime']:.1f} s, {t['num_input_tokens_seen'] / t['train_runtime']:.0f} real tokens/s (start-up included), \"

@@ -1,5 +1,8 @@
 """Generation latency for one prompt, the demo's path: median and p95 over repeated calls, without and with the
-demo's default controls (no repeated keyword, a 75-token CLIP budget).
+demo's default controls (no repeated keyword, a 75-token CLIP budget), and with them and the checkpoint's memory
+(the demo's default when the checkpoint has one). The rows take turns call by call, so drift hits them alike. Each
+call's input is the first keyword of another of the checkpoint's held-out prompts (or --prompt every time); the
+table also says how many tokens each row wrote, since the memory's keywords are longer ones.
 
     python bench/latency.py --model_name_or_path checkpoints/default --repeats 30
 """
@@ -14,41 +17,69 @@ from pathlib import Path
 from transformers import set_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py, also when imported
+import machine  # noqa: E402
+
+import decoding  # noqa: E402
+import memory as prompt_memory  # noqa: E402
 import utils  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", default=utils.DEFAULT_CHECKPOINT, help="checkpoint folder")
-    parser.add_argument("--prompt", default="young, curly haired,", help="input keywords")
+    parser.add_argument("--prompt", default=None,
+                        help="input keywords of every call (default: the first keyword of held-out prompts, in turn)")
     parser.add_argument("--num_keywords", type=int, default=12, help="keywords to write (the demo's default)")
-    parser.add_argument("--strategy", default="beam", choices=list(utils.PRESETS))
+    parser.add_argument("--strategy", default="beam", choices=list(decoding.PRESETS))
     parser.add_argument("--repeats", type=int, default=30, help="timed calls")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--fp16", action="store_true", help="run the model in float16 (GPU)")
     parser.add_argument("--output", default="bench/results/latency.json", help="JSON to write")
     args = parser.parse_args()
-    model, tokenizer = utils.load_checkpoint(args.model_name_or_path, args.device, args.fp16)
+    model, tokenizer = decoding.load_checkpoint(args.model_name_or_path, args.device, args.fp16)
+    memory = prompt_memory.load_memory(args.model_name_or_path, tokenizer)
     max_new_tokens = 12 * args.num_keywords + 16  # as run_gradio.py
     result = {"repeats": args.repeats, "strategy": args.strategy, "model": args.model_name_or_path,
-              "device": f"{model.device.type} {model.dtype}"}
-    print("| model | strategy | controls | median ms | p95 ms |\n|---|---|---|---|---|")
-    for name, controls in {"none": {}, "demo's": dict(no_repeat_keywords=True, max_clip_tokens=75)}.items():
-        times = []
-        for i in range(args.repeats + 1):
+              "device": f"{model.device.type} {model.dtype}", "machine": machine.describe()}
+    if args.prompt:
+        inputs = [args.prompt]
+    else:
+        inputs = [utils.first_keywords(p, 1) for p in
+                  utils.rouge_references(utils.load_saved_prompts(args.model_name_or_path))[:args.repeats + 1]]
+    demo = dict(no_repeat_keywords=True, max_clip_tokens=75)
+    rows = {"none": {}, "demo's": demo}
+    if memory is not None:
+        rows["demo's + memory"] = dict(demo, memory=memory)
+    times, tokens = {name: [] for name in rows}, {name: [] for name in rows}
+    for i in range(args.repeats + 1):
+        prompt = inputs[i % len(inputs)]
+        for name, controls in rows.items():
             set_seed(i)
             started = time.perf_counter()
-            utils.generate_prompts(model, tokenizer, [args.prompt], utils.PRESETS[args.strategy], max_new_tokens,
-                                   num_keywords=[args.num_keywords], **controls)
+            (written,) = decoding.generate_prompts(model, tokenizer, [prompt], decoding.PRESETS[args.strategy],
+                                                   max_new_tokens, num_keywords=[args.num_keywords], **controls)
             if i:  # the first call warms up
-                times.append(1000 * (time.perf_counter() - started))
-        times.sort()
-        row = {"median_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1)}
+                times[name].append(1000 * (time.perf_counter() - started))
+                text = written if isinstance(written, str) else written[0]
+                tokens[name].append(len(tokenizer(text)["input_ids"]) - len(tokenizer(prompt)["input_ids"]))
+    print(f"{machine.describe()}\n\n| model | strategy | controls | median ms | p95 ms | tokens written |\n"
+          "|---|---|---|---|---|---|")
+    for name, measured in times.items():
+        measured.sort()
+        row = {"median_ms": round(statistics.median(measured), 1),
+               "p95_ms": round(measured[int(0.95 * (len(measured) - 1))], 1),
+               "tokens_mean": round(statistics.mean(tokens[name]), 1)}
         if name == "none":
             result.update(row)  # the keys earlier reports used
         else:
-            result["with_controls"] = row
-        print(f"| {args.model_name_or_path} | {args.strategy} | {name} | {row['median_ms']} | {row['p95_ms']} |")
+            result["with_controls" if name == "demo's" else "with_controls_and_memory"] = row
+        print(f"| {args.model_name_or_path} | {args.strategy} | {name} | {row['median_ms']} | {row['p95_ms']} | "
+              f"{row['tokens_mean']} |")
+    if memory is not None:
+        added = result["with_controls_and_memory"]["median_ms"] - result["with_controls"]["median_ms"]
+        result["memory_adds_median_ms"] = round(added, 1)
+        print(f"\nthe memory adds {added:.1f} ms to the median")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
 

@@ -39,7 +39,7 @@ def make_step(model, compile_body: bool, bf16: bool, chunk_tokens: int):
     def step(batch: dict) -> None:
         with autocast():
             hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            loss = utils.chunked_causal_lm_loss(hidden, model.get_output_embeddings(), batch["labels"], chunk_tokens)
+            loss = run_clm.chunked_causal_lm_loss(hidden, model.get_output_embeddings(), batch["labels"], chunk_tokens)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -118,7 +118,7 @@ def train_rate(config: GPT2Config, batches: list[dict], device: str = "cpu", dty
     prompts = sum(len(b["input_ids"]) for b in batches)
     return {"prompts": prompts, "seconds": round(seconds, 2), "real_tokens_per_s": round(real / seconds, 1),
             "prompts_per_s": round(prompts / seconds, 2), "padding_efficiency": round(real / computed, 3),
-            "peak_memory_gib": utils.peak_memory_gib()}
+            "peak_memory_gib": run_clm.peak_memory_gib()}
 
 
 def run_clm_rate(flags: list[str], data: str, args) -> dict:
@@ -127,7 +127,7 @@ def run_clm_rate(flags: list[str], data: str, args) -> dict:
         command = [sys.executable, str(ROOT / "run_clm.py"), "--dataset_name", data, "--output_dir", folder,
                    "--max_steps", str(args.steps), "--logging_steps", str(args.log_every), "--max_seq_length", "128",
                    "--max_train_samples", str(args.max_train_samples), "--do_eval", "false", "--save_strategy", "no",
-                   "--report_to", "none", "--disable_tqdm", "true", *flags]
+                   "--report_to", "none", "--disable_tqdm", "true", "--build_memory", "false", *flags]
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         if result.returncode != 0:
             print(f"run_clm.py failed: {' '.join(command)}\n{result.stderr[-3000:]}", file=sys.stderr)
@@ -139,7 +139,8 @@ def run_clm_rate(flags: list[str], data: str, args) -> dict:
     seconds = last["train_runtime"] - first["train_runtime"]
     tokens = last["num_input_tokens_seen"] - first["num_input_tokens_seen"]
     return {"steps_timed": last["step"] - first["step"], "seconds": round(seconds, 2),
-            "real_tokens_per_s": round(tokens / seconds, 1), "ms_per_step": round(1000 * seconds / (last["step"] - first["step"]), 1),
+            "real_tokens_per_s": round(tokens / seconds, 1),
+            "ms_per_step": round(1000 * seconds / (last["step"] - first["step"]), 1),
             "peak_memory_gib": metrics.get("train_peak_memory_gib"), "startup_s": round(first["train_runtime"], 1)}
 
 
@@ -157,7 +158,7 @@ def bf16_peak_tflops(device: str) -> tuple[float, str]:
         for key, value in BF16_PEAK_TFLOPS.items():
             if key in name:
                 return value, f"{name}, data sheet"
-    size = 8192 if device.startswith("cuda") else 2048
+    size = 8192 if device.startswith("cuda") else 256  # a CPU without AMX takes a minute for one bf16 2048^2 product
     a, b = (torch.randn(size, size, dtype=torch.bfloat16, device=device) for _ in range(2))
     for _ in range(3):
         a @ b
@@ -191,7 +192,8 @@ def batching_suite(args, tokenizer, prompts: list[str]) -> dict:
         rows["original, default model (2x128)"]["real_tokens_per_s"]
     print(f"\nPadding efficiency over {corpus['prompts']} train prompts: product "
           f"{corpus['product_padding_efficiency']}, original {corpus['original_padding_efficiency']}\n")
-    print(markdown(rows, ["prompts", "seconds", "real_tokens_per_s", "prompts_per_s", "padding_efficiency", "peak_memory_gib"]))
+    print(markdown(rows, ["prompts", "seconds", "real_tokens_per_s", "prompts_per_s", "padding_efficiency",
+                          "peak_memory_gib"]))
     print(f"\nreal tokens/s, product vs original: {speedup:.1f}x")
     return {"corpus": corpus, "rows": rows, "speedup": round(speedup, 1)}
 
@@ -212,7 +214,8 @@ def padding_efficiency(flags: list[str], prompts: list[str], tokenizer, cache: d
     """Real tokens over computed tokens of the batches run_clm.py builds with these flags (batch size, padding
     multiple) from these prompts."""
     settings = dict(zip(flags[::2], flags[1::2]))
-    batch_size = int(settings.get("--per_device_train_batch_size", run_clm.TrainingArguments.per_device_train_batch_size))
+    default_batch = run_clm.TrainingArguments.per_device_train_batch_size
+    batch_size = int(settings.get("--per_device_train_batch_size", default_batch))
     multiple = int(settings.get("--pad_to_multiple_of", run_clm.DataArguments.pad_to_multiple_of))
     if (batch_size, multiple) not in cache:
         batches = product_batches(tokenizer, prompts, batch_size, multiple, max_length=128)
@@ -262,8 +265,10 @@ def gpu_suite(args, tokenizer, prompts: list[str]) -> dict:
     peak, peak_source = bf16_peak_tflops(device)
     config = GPT2Config(vocab_size=len(tokenizer))
     config.update_from_string(args.shapes.split(";")[0])
+    # The original's bf16 weights on a GPU; on a CPU (the dry run checks the script) float32, as bf16 is slow there.
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rows = {"original (batch 16 padded to 1,024, bf16 weights, bare loop)": train_rate(
-        config, original_batches(tokenizer, prompts[: args.num_prompts], 16), device, torch.bfloat16)}
+        config, original_batches(tokenizer, prompts[: args.num_prompts], 16), device, dtype)}
     mean_tokens = sum(len(ids) + 1 for ids in tokenizer(prompts[:2000])["input_ids"]) / min(len(prompts), 2000)
     for name, flags in GPU_ROWS.items():
         if device == "cpu" and "--torch_compile" in flags:
@@ -297,14 +302,17 @@ def main() -> None:
     parser.add_argument("--shapes", default=None, help="GPT-2 shapes as run_clm.py --scratch_config, ';' between "
                         "them. Default: the best CPU recipes' (levers), GPT-2-small (gpu)")
     parser.add_argument("--steps", type=int, default=80, help="run_clm.py rows: steps to train")
-    parser.add_argument("--log_every", type=int, default=20, help="run_clm.py rows: steps between logs (the first is untimed)")
+    parser.add_argument("--log_every", type=int, default=20,
+                        help="run_clm.py rows: steps between logs (the first is untimed)")
     parser.add_argument("--max_train_samples", type=int, default=8192, help="run_clm.py rows: prompts to train on")
     parser.add_argument("--rounds", type=int, default=3, help="levers: times each row runs; the fastest is reported")
-    parser.add_argument("--output", default=None, help="JSON to write. Default: bench/results/train_throughput[_SUITE].json")
+    parser.add_argument("--output", default=None,
+                        help="JSON to write. Default: bench/results/train_throughput[_SUITE].json")
     args = parser.parse_args()
     args.shapes = args.shapes or {"levers": "n_layer=4,n_embd=256,n_head=4,n_positions=256",
                                   "gpu": "n_layer=12,n_embd=768,n_head=12,n_positions=1024"}.get(args.suite, "")
-    output = Path(args.output or f"bench/results/train_throughput{'' if args.suite == 'batching' else '_' + args.suite}.json")
+    suffix = "" if args.suite == "batching" else "_" + args.suite
+    output = Path(args.output or f"bench/results/train_throughput{suffix}.json")
 
     tokenizer = AutoTokenizer.from_pretrained(utils.DEMO_TOKENIZER)
     utils.ensure_pad_token(tokenizer)
@@ -312,7 +320,8 @@ def main() -> None:
         result = levers_suite(args)
     else:
         prompts = utils.load_prompts(args.data)["train"]["Prompt"]
-        result = batching_suite(args, tokenizer, prompts) if args.suite == "batching" else gpu_suite(args, tokenizer, prompts)
+        suite = batching_suite if args.suite == "batching" else gpu_suite
+        result = suite(args, tokenizer, prompts)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2))
 
