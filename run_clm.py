@@ -231,8 +231,9 @@ class TrainingArguments(transformers.TrainingArguments):
         super().__post_init__()
 
 
-def load_splits(args: DataArguments) -> DatasetDict:
-    """Train and validation splits: the dataset's validation split, else its test split, else a carve."""
+def load_splits(args: DataArguments, prompts_to_train: int | None = None) -> DatasetDict:
+    """Train and validation splits: the dataset's validation split, else its test split, else a carve; and the
+    prompts set aside to tune the memory. `prompts_to_train`: how many prompts a --max_steps run will see."""
     dataset = utils.load_prompts(args.dataset_name, args.dataset_config_name, args.text_column)
     name = args.dataset_name or "the demo prompts"
     train = dataset.get("train")
@@ -244,8 +245,9 @@ def load_splits(args: DataArguments) -> DatasetDict:
         train, eval_split = held_out["train"], held_out["test"]
     if len(eval_split) == 0:
         raise utils.InputError(f"the eval split of {name} is empty; raise --validation_split_percentage.")
-    # At most a tenth of what trains: a --max_train_samples smoke run does not spend longer tuning than training.
-    trained = min(args.max_train_samples or len(train), len(train))
+    # At most a tenth of what trains: a --max_train_samples or --max_steps smoke run does not spend longer tuning
+    # than training.
+    trained = min(args.max_train_samples or len(train), len(train), prompts_to_train or len(train))
     train, tuning = utils.set_aside(train, min(args.memory_tuning_samples, trained // 10))
     if args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
@@ -372,7 +374,11 @@ def main() -> None:
     set_seed(training_args.seed)
     started = time.time()
 
-    prompts = load_splits(data_args)
+    prompts_to_train = None
+    if training_args.do_train and training_args.max_steps > 0:
+        prompts_to_train = (training_args.max_steps * training_args.per_device_train_batch_size
+                            * training_args.gradient_accumulation_steps * training_args.world_size)
+    prompts = load_splits(data_args, prompts_to_train)
     model, tokenizer = load_model_and_tokenizer(model_args)
     # Only now, with data and model known good, may an explicit --overwrite_output_dir delete anything.
     with training_args.main_process_first(local=False):  # one process clears or checks the folder first

@@ -43,7 +43,7 @@ def test_scratch_model_has_no_dropout_and_gpt2s_gelu_in_one_kernel(tiny_checkpoi
     out = tmp_path / "before"
     flags = ["--scratch_config",
              "n_layer=1,n_embd=64,n_head=2,n_positions=64,activation_function=gelu_new,resid_pdrop=0.1"]
-    result = run("run_clm.py", "--output_dir", out, "--max_steps", "1", "--do_eval", "false", *flags)
+    result = run("run_clm.py", "--output_dir", out, "--max_steps", "1", "--do_eval", "false", *flags, *TINY[2:])
     assert result.returncode == 0, result.stderr[-3000:]
     before = json.loads((out / "config.json").read_text())
     assert before["activation_function"] == "gelu_new" and before["resid_pdrop"] == 0.1
