@@ -17,10 +17,10 @@ data=$(realpath -m "${2:-$(dirname "$0")/../../shared/data/sd-discord-prompts}")
 cd "$(dirname "$0")/.."
 if [ ! -e "$data" ]; then echo "error: prompt data $data not found; pass a dataset folder or file as the second argument" >&2; exit 2; fi
 if [ "${3:-}" = --dry ]; then
-  shape=n_layer=1,n_embd=64,n_head=2,n_positions=1024 steps=6 log=2 train_steps=20 samples=512 prompts=8 repeats=3 device=cpu
-  tuning=20
+  shape=n_layer=1,n_embd=64,n_head=2,n_positions=1024 steps=4 log=2 train_steps=10 samples=256 prompts=4 repeats=2 device=cpu eval_samples=32
+  tuning=0
 else
-  shape=n_layer=12,n_embd=768,n_head=12,n_positions=1024 steps=40 log=10 train_steps=300 samples=8192 prompts=64 repeats=10 device=cuda
+  shape=n_layer=12,n_embd=768,n_head=12,n_positions=1024 steps=40 log=10 train_steps=300 samples=8192 prompts=64 repeats=10 device=cuda eval_samples=500
   tuning=300
   python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA GPU here; use --dry to check the script on a CPU')"
 fi
@@ -43,7 +43,7 @@ python bench/train_throughput.py --suite gpu --data "$data" --shapes "$shape" --
 
 section "4a. python run_clm.py --bf16 true --max_steps $train_steps (checkpoint for 2 and 3)"
 python run_clm.py --dataset_name "$data" --scratch_config "$shape" --bf16 true --max_steps $train_steps \
-  --max_train_samples $samples --max_eval_samples 500 --memory_tuning_samples $tuning --output_dir "$work/model" \
+  --max_train_samples $samples --max_eval_samples $eval_samples --memory_tuning_samples $tuning --output_dir "$work/model" \
   --save_strategy no \
   --report_to none --disable_tqdm true > "$work/run_clm.log" 2>&1 || { tail -30 "$work/run_clm.log" >&2; exit 1; }
 python -c "import json, sys; t = json.load(open(sys.argv[1])); e = json.load(open(sys.argv[2]))

@@ -53,7 +53,7 @@ def test_quality_baselines_from_a_corpus_passed_by_path(tmp_path, demo_corpus, t
     model = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, model)  # scores are written into the model folder: not the shared fixture's
     args = ["--rows", "constant,retrieval,default", "--folder", f"default={model}", "--strategies", "greedy,beam",
-            "--max_samples", "40", "--train_data", demo_corpus,
+            "--max_samples", "20", "--train_data", demo_corpus,
             "--test_sets", f"demo test={demo_corpus}:test,demo train={demo_corpus}:train"]
     result = run("bench/quality.py", *args, "--output", tmp_path / "q")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,16 +61,16 @@ def test_quality_baselines_from_a_corpus_passed_by_path(tmp_path, demo_corpus, t
     demo_test = table["retrieval"]["scores"]["demo test"]["one_keyword"]["baseline"]
     demo_train = table["retrieval"]["scores"]["demo train"]["one_keyword"]["baseline"]
     assert demo_train > demo_test  # train prompts retrieve themselves
-    assert "#### demo test (40 prompts, ROUGE-L)" in result.stdout and "| default |" in result.stdout
-    assert table["retrieval"]["scores"]["demo train"]["by_opening"]["one_keyword"]["num_seen"] == 40
+    assert "#### demo test (20 prompts, ROUGE-L)" in result.stdout and "| default |" in result.stdout
+    assert table["retrieval"]["scores"]["demo train"]["by_opening"]["one_keyword"]["num_seen"] == 20
     for row in table.values():  # the two parts of the split make up the whole (to rounding)
         scores = row["scores"]["demo test"]
         for input_type in ("one_keyword", "two_keyword"):
             split, whole = scores["by_opening"][input_type], max(scores[input_type].values())
-            assert split["num_seen"] + split["num_new"] == 40
+            assert split["num_seen"] + split["num_new"] == 20
             parts = (split["seen"] or 0) * split["num_seen"] + (split["new"] or 0) * split["num_new"]
-            assert abs(parts / 40 - whole) < 0.02
-    assert (model / "quality-demo-test-40-memory-on" / "predictions.jsonl").exists()
+            assert abs(parts / 20 - whole) < 0.02
+    assert (model / "quality-demo-test-20-memory-on" / "predictions.jsonl").exists()
     assert "| default + memory |" in result.stdout
     missing = run("bench/quality.py", "--train_data", tmp_path / "nowhere", "--rows", "constant")
     assert missing.returncode != 0 and "--train_data" in missing.stderr and "Traceback" not in missing.stderr

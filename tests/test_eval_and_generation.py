@@ -13,7 +13,7 @@ from conftest import HAS_CUDA, STAND_IN, run
 
 def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
     args = ["--model_name_or_path", tiny_checkpoint, "--strategy", "all", "--input_type", "both",
-            "--max_samples", "12", "--batch_size", "4"]
+            "--max_samples", "6", "--batch_size", "6"]
     first = run("eval.py", *args, "--output_dir", tmp_path / "a")
     assert first.returncode == 0, first.stderr[-3000:]
     lines = [line for line in first.stdout.splitlines() if line.startswith("|")]
@@ -48,7 +48,7 @@ def test_eval_table_files_and_reproducible(tiny_checkpoint, tmp_path):
 @pytest.mark.corpus
 def test_early_stop_gives_the_scores_of_generating_to_the_end(tiny_checkpoint, tmp_path):
     args = ["--model_name_or_path", tiny_checkpoint, "--dataset_name", STAND_IN / "test.parquet",
-            "--strategy", "greedy,no_repeat_ngram,top_k", "--max_samples", "24", "--batch_size", "8"]
+            "--strategy", "greedy,no_repeat_ngram,top_k", "--max_samples", "12", "--batch_size", "12"]
     early = run("eval.py", *args, "--output_dir", tmp_path / "early")
     full = run("eval.py", *args, "--no_early_stop", "--output_dir", tmp_path / "full")
     assert early.returncode == 0 and full.returncode == 0, early.stderr[-2000:] + full.stderr[-2000:]

@@ -167,7 +167,7 @@ def recall_checkpoint(tmp_path_factory):
     """A tiny GPT-2 trained in the test on the demo prompts, with the memory run_clm.py builds by default."""
     folder = tmp_path_factory.mktemp("recall") / "model"
     result = run("run_clm.py", "--output_dir", folder, "--max_steps", "40", "--learning_rate", "1e-2",
-                 "--max_eval_samples", "16", *TINY, "--memory_tuning_samples", "40")
+                 "--max_eval_samples", "16", *TINY, "--memory_tuning_samples", "20")
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
@@ -268,10 +268,10 @@ def test_memory_script_builds_one_for_a_model_trained_elsewhere(recall_checkpoin
     folder = tmp_path / "elsewhere"
     shutil.copytree(recall_checkpoint, folder, ignore=shutil.ignore_patterns("memory", "*.jsonl"))
     result = run("memory.py", "--model_name_or_path", folder, "--dataset_name", demo_corpus,
-                 "--memory_tuning_samples", "30")
+                 "--memory_tuning_samples", "10")
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((folder / "memory" / "memory.json").read_text())
-    assert info["num_prompts"] == 5500 - 30 and len(info["tuning"]["points"]) == 7
+    assert info["num_prompts"] == 5500 - 10 and len(info["tuning"]["points"]) == 7
     assert "Memory: tokens" in result.stderr  # a progress bar
     score = {json.dumps(p["weights"], sort_keys=True): p["1kw"] + p["2kw"] for p in info["tuning"]["points"]}
     assert score[json.dumps(info["weights"], sort_keys=True)] == max(score.values())  # the best point is kept
