@@ -196,7 +196,7 @@ def main() -> None:
             rows += [{"input_type": input_type, "strategy": strategy, "reference": r,
                       "input": utils.first_keywords(r, k), "prediction": p} for r, p in zip(references, predictions)]
     if world_size > 1:  # every prediction is gathered; an exit with gloo threads alive aborts
-        dist.destroy_process_group()
+        utils.leave_process_group()
     if rank != 0:
         return
     table = state + "\n\n" + markdown_table(scores, input_types, strategies)

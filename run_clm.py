@@ -425,8 +425,7 @@ def main() -> None:
         print(f"\nCheckpoint: {os.path.abspath(training_args.output_dir)}")
         print(f"Next: python eval.py --model_name_or_path {training_args.output_dir}")
     if torch.distributed.is_initialized():  # leave together and cleanly: an exit with gloo threads alive aborts
-        trainer.accelerator.wait_for_everyone()
-        torch.distributed.destroy_process_group()
+        utils.leave_process_group()
 
 
 if __name__ == "__main__":

@@ -22,12 +22,35 @@ class InputError(ValueError):
     script's main prints it as one line (run_main)."""
 
 
+_left_stuck_process_group = False
+
+
 def run_main(main) -> None:
     """Run a script's main, turning an InputError into a one-line `error: ...` exit instead of a traceback."""
     try:
         main()
     except InputError as e:
         sys.exit(f"error: {e}")
+    if _left_stuck_process_group:  # its gloo threads would abort the interpreter's exit: leave without one
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def leave_process_group(timeout_s: float = 60) -> None:
+    """All processes of a torchrun/accelerate launch meet, then close the process group. Closing it now and then never
+    returns (pytorch/pytorch#75097); everything is written by then, so after timeout_s the process goes on without."""
+    import threading
+
+    import torch.distributed as dist
+    global _left_stuck_process_group
+    dist.barrier()
+    closing = threading.Thread(target=dist.destroy_process_group, daemon=True)
+    closing.start()
+    closing.join(timeout_s)
+    if closing.is_alive():
+        print(f"warning: the process group did not close in {timeout_s:.0f} s; exiting without it", file=sys.stderr)
+        _left_stuck_process_group = True
 
 
 # ---------------------------------------------------------------------------------------------------
