@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# pytest -n N runs N workers side by side: each (and the scripts it starts) takes its share of the cores. Threads
+# beyond the cores spin against each other: two tiny trainings side by side on 2 cores took 76 s with 2 threads each,
+# 34 s with 1 (bench/README.md).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import decoding  # noqa: E402
 import utils  # noqa: E402
