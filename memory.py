@@ -14,6 +14,7 @@ checkpoint (a model from the Hub, a GGUF folder, a model trained elsewhere) and 
 prompts set aside from the training data.
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ EXACT_COUNT_LIMIT = 4096  # continuations counted one by one up to this many occ
 # Above this many occurrences (a corpus of 10^8 tokens has ranges of millions), continuations are counted on this many
 # evenly spaced suffixes of the range: the next-token distribution to about 1/65,536, at a bounded cost.
 SAMPLED_COUNT_LIMIT = 65536
+RUNS_CACHE_SIZE = 16384  # large ranges whose continuation counts are kept (a few KB each)
 SCALAR_ROWS = 8  # batches up to this many rows search row by row (bytes comparisons), larger ones with numpy
 # Mixing weights before any tuning: the memory's share where it has one continuation, where it has several, and the
 # shortest matched suffix (the separator before a prompt's start counts as a token) that it is used for.
@@ -66,6 +68,8 @@ class SuffixIndex:
         if self.big_endian:  # memoryviews of the (memory-mapped) arrays: Python ints and bytes without numpy calls
             self.raw = memoryview(symbols.view(np.uint8))
             self.positions = memoryview(np.ascontiguousarray(suffix_array))
+        # Large ranges are the common contexts (", highly detailed"): counted once, then recalled at every step.
+        self._runs = functools.lru_cache(maxsize=RUNS_CACHE_SIZE)(self._count_runs)
 
     @staticmethod
     def build(documents, dtype, separator: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,7 +201,7 @@ class SuffixIndex:
             return (np.zeros(0, dtype=np.int64),) * 3
         return np.concatenate(rows), np.concatenate(symbols), np.concatenate(counts)
 
-    def _runs(self, lo: int, hi: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def _count_runs(self, lo: int, hi: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         def symbol_at(index: np.ndarray) -> np.ndarray:
             return self.symbols[self.suffix_array[index].astype(np.int64) + length].astype(np.int64)
         if hi - lo > SAMPLED_COUNT_LIMIT:  # counts estimated from evenly spaced suffixes, scaled to the range

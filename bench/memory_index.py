@@ -39,25 +39,41 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def synthetic(prompts: list[str], tokenizer, tokens: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """Prompts of the corpus's keywords at their natural frequencies, until they hold `tokens` tokens."""
+    """Prompts of the corpus's keywords at their natural frequencies, until they hold `tokens` tokens. Every
+    keyword is drawn at once and the prompts' tokens laid out with numpy: per-prompt draws took hours at 10^8."""
     rng = np.random.default_rng(seed)
     keywords = [k for p in prompts for k in utils.split_keywords(p)]
     vocabulary, counts = np.unique(keywords, return_counts=True)
-    first = [ids for ids in tokenizer(list(vocabulary), add_special_tokens=False)["input_ids"]]
-    later = [ids for ids in tokenizer([" " + k for k in vocabulary], add_special_tokens=False)["input_ids"]]
     comma = tokenizer(",", add_special_tokens=False)["input_ids"]
-    sizes = [len(utils.split_keywords(p)) for p in prompts]
-    probabilities = counts / counts.sum()
-    documents, texts, total = [], [], 0
-    while total < tokens:
-        picks = rng.choice(len(vocabulary), size=int(rng.choice(sizes)), p=probabilities)
-        ids = list(first[picks[0]])
-        for pick in picks[1:]:
-            ids += comma + later[pick]
-        ids.append(tokenizer.eos_token_id)
-        documents.append(np.array(ids))
-        texts.append(", ".join(vocabulary[picks]))
-        total += len(ids) + 1
+    first = tokenizer(list(vocabulary), add_special_tokens=False)["input_ids"]
+    later = [comma + ids for ids in tokenizer([" " + k for k in vocabulary], add_special_tokens=False)["input_ids"]]
+    sizes = np.array([len(utils.split_keywords(p)) for p in prompts])
+    mean_tokens = np.mean([len(ids) for ids in later]) * sizes.mean() + 2
+    count = int(tokens / mean_tokens * 1.05) + 1  # prompts enough for `tokens`, cut to size below
+    prompt_sizes = rng.choice(sizes, size=count)
+    picks = rng.choice(len(vocabulary), size=int(prompt_sizes.sum()), p=counts / counts.sum())
+    opens = np.zeros(len(picks), dtype=bool)
+    opens[np.cumsum(prompt_sizes)[:-1]] = True
+    opens[0] = True
+    # One table of each keyword's tokens, as the first keyword of a prompt and as a later one (", " before it).
+    table = [first, later]
+    flat = [np.concatenate([np.asarray(ids, dtype=np.int64) for ids in t]) for t in table]
+    lengths = [np.array([len(ids) for ids in t]) for t in table]
+    offsets = [np.concatenate([[0], np.cumsum(n)[:-1]]) for n in lengths]
+    pick_lengths = np.where(opens, lengths[0][picks], lengths[1][picks])
+    pick_offsets = np.where(opens, offsets[0][picks], offsets[1][picks] + len(flat[0]))
+    source = np.concatenate(flat)
+    within = np.arange(int(pick_lengths.sum())) - np.repeat(np.cumsum(pick_lengths) - pick_lengths, pick_lengths)
+    ids = source[np.repeat(pick_offsets, pick_lengths) + within]
+    ends = np.cumsum(pick_lengths)[np.flatnonzero(np.append(opens[1:], True))]  # each prompt's end in ids
+    documents, texts, total, begin, pick = [], [], 0, 0, 0
+    for size, end in zip(prompt_sizes, ends):
+        if total >= tokens:
+            break
+        documents.append(np.append(ids[begin:end], tokenizer.eos_token_id))
+        texts.append(", ".join(vocabulary[picks[pick:pick + size]]))
+        total += end - begin + 2
+        begin, pick = end, pick + size
     return documents, texts
 
 
