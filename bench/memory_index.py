@@ -48,32 +48,33 @@ def synthetic(prompts: list[str], tokenizer, tokens: int, seed: int = 0) -> tupl
     first = tokenizer(list(vocabulary), add_special_tokens=False)["input_ids"]
     later = [comma + ids for ids in tokenizer([" " + k for k in vocabulary], add_special_tokens=False)["input_ids"]]
     sizes = np.array([len(utils.split_keywords(p)) for p in prompts])
-    mean_tokens = np.mean([len(ids) for ids in later]) * sizes.mean() + 2
-    count = int(tokens / mean_tokens * 1.05) + 1  # prompts enough for `tokens`, cut to size below
-    prompt_sizes = rng.choice(sizes, size=count)
-    picks = rng.choice(len(vocabulary), size=int(prompt_sizes.sum()), p=counts / counts.sum())
-    opens = np.zeros(len(picks), dtype=bool)
-    opens[np.cumsum(prompt_sizes)[:-1]] = True
-    opens[0] = True
+    probabilities = counts / counts.sum()
     # One table of each keyword's tokens, as the first keyword of a prompt and as a later one (", " before it).
-    table = [first, later]
-    flat = [np.concatenate([np.asarray(ids, dtype=np.int64) for ids in t]) for t in table]
-    lengths = [np.array([len(ids) for ids in t]) for t in table]
-    offsets = [np.concatenate([[0], np.cumsum(n)[:-1]]) for n in lengths]
-    pick_lengths = np.where(opens, lengths[0][picks], lengths[1][picks])
-    pick_offsets = np.where(opens, offsets[0][picks], offsets[1][picks] + len(flat[0]))
+    flat = [np.concatenate([np.asarray(ids, dtype=np.int64) for ids in t]) for t in (first, later)]
+    lengths = [np.array([len(ids) for ids in t]) for t in (first, later)]
+    offsets = [np.cumsum(n) - n for n in lengths]
+    offsets[1] += len(flat[0])  # the later keywords' table follows the first keywords' in `source`
     source = np.concatenate(flat)
-    within = np.arange(int(pick_lengths.sum())) - np.repeat(np.cumsum(pick_lengths) - pick_lengths, pick_lengths)
-    ids = source[np.repeat(pick_offsets, pick_lengths) + within]
-    ends = np.cumsum(pick_lengths)[np.flatnonzero(np.append(opens[1:], True))]  # each prompt's end in ids
-    documents, texts, total, begin, pick = [], [], 0, 0, 0
-    for size, end in zip(prompt_sizes, ends):
-        if total >= tokens:
-            break
-        documents.append(np.append(ids[begin:end], tokenizer.eos_token_id))
-        texts.append(", ".join(vocabulary[picks[pick:pick + size]]))
-        total += end - begin + 2
-        begin, pick = end, pick + size
+    documents, texts, total = [], [], 0
+    while total < tokens:  # in chunks of about a tenth of the corpus
+        prompt_sizes = rng.choice(sizes, size=max(1000, int(tokens / 10 / (np.dot(probabilities, lengths[1]) *
+                                                                         sizes.mean() + 2))))
+        picks = rng.choice(len(vocabulary), size=int(prompt_sizes.sum()), p=probabilities)
+        opens = np.zeros(len(picks), dtype=bool)
+        opens[np.concatenate([[0], np.cumsum(prompt_sizes)[:-1]])] = True
+        pick_lengths = np.where(opens, lengths[0][picks], lengths[1][picks])
+        pick_offsets = np.where(opens, offsets[0][picks], offsets[1][picks])
+        within = np.arange(int(pick_lengths.sum())) - np.repeat(np.cumsum(pick_lengths) - pick_lengths, pick_lengths)
+        ids = source[np.repeat(pick_offsets, pick_lengths) + within]
+        ends = np.cumsum(pick_lengths)[np.flatnonzero(np.append(opens[1:], True))]  # each prompt's end in ids
+        begin, pick = 0, 0
+        for size, end in zip(prompt_sizes, ends):
+            if total >= tokens:
+                break
+            documents.append(np.append(ids[begin:end], tokenizer.eos_token_id))
+            texts.append(", ".join(vocabulary[picks[pick:pick + size]]))
+            total += end - begin + 2
+            begin, pick = end, pick + size
     return documents, texts
 
 
