@@ -115,8 +115,7 @@ class KeywordStoppingCriteria(StoppingCriteria):
     whatever follows would be cut away anyway. Counts commas per token id, no decoding per step."""
 
     def __init__(self, tokenizer, vocab_size: int, prompt_length: int, commas_needed: list[int]):
-        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        counts = [token.count(",") if token else 0 for token in tokens]
+        counts = list(_commas_per_token(tokenizer))
         self.commas_per_token = torch.tensor(counts + [0] * max(0, vocab_size - len(counts)))
         self.prompt_length = prompt_length
         self.commas_needed = torch.tensor(commas_needed)
@@ -137,6 +136,29 @@ class KeywordStoppingCriteria(StoppingCriteria):
 def _token_texts(tokenizer) -> tuple[str, ...]:
     """The lower-case text of every token id (byte-level pieces of a multi-byte character decode to U+FFFD)."""
     return tuple(tokenizer.decode([i]).lower() for i in range(len(tokenizer)))
+
+
+@functools.lru_cache(maxsize=4)
+def _commas_per_token(tokenizer) -> tuple[int, ...]:
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return tuple(token.count(",") if token else 0 for token in tokens)
+
+
+@functools.lru_cache(maxsize=4)
+def _keyword_tables(tokenizer) -> tuple[dict, torch.Tensor, dict]:
+    """What NoRepeatedKeywordProcessor looks up, built once per tokenizer (tens of ms a call in the demo): the text a
+    token adds before its comma -> token ids; which tokens do not start a new word; word -> tokens that write it
+    as a new word (" trending" -> "trending": to stop "trending trending")."""
+    texts = _token_texts(tokenizer)
+    closers: dict[str, list[int]] = {}
+    word_tokens: dict[str, list[int]] = {}
+    for token_id, text in enumerate(texts):
+        if "," in text:
+            closers.setdefault(text.split(",")[0].rstrip(), []).append(token_id)
+        if text[:1].isspace():
+            word_tokens.setdefault(text.strip(), []).append(token_id)
+    not_a_new_word = torch.tensor([not (t[:1].isspace() and t[1:2].isalnum()) for t in texts])
+    return closers, not_a_new_word, word_tokens
 
 
 @functools.lru_cache(maxsize=4)
@@ -227,16 +249,7 @@ class NoRepeatedKeywordProcessor(LogitsProcessor):
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        texts = _token_texts(tokenizer)
-        self.closers: dict[str, list[int]] = {}  # the text a token adds before its comma -> token ids
-        for token_id, text in enumerate(texts):
-            if "," in text:
-                self.closers.setdefault(text.split(",")[0].rstrip(), []).append(token_id)
-        self.not_a_new_word = torch.tensor([not (t[:1].isspace() and t[1:2].isalnum()) for t in texts])
-        self.word_tokens: dict[str, list[int]] = {}  # " trending" -> "trending": to stop "trending trending"
-        for token_id, text in enumerate(texts):
-            if text[:1].isspace():
-                self.word_tokens.setdefault(text.strip(), []).append(token_id)
+        self.closers, self.not_a_new_word, self.word_tokens = _keyword_tables(tokenizer)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         blocked = torch.zeros_like(scores, dtype=torch.bool)

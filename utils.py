@@ -22,7 +22,7 @@ class InputError(ValueError):
     script's main prints it as one line (run_main)."""
 
 
-_left_stuck_process_group = False
+_skip_teardown = False  # set by leave_process_group
 
 
 def run_main(main) -> None:
@@ -31,7 +31,7 @@ def run_main(main) -> None:
         main()
     except InputError as e:
         sys.exit(f"error: {e}")
-    if _left_stuck_process_group:  # its gloo threads would abort the interpreter's exit: leave without one
+    if _skip_teardown:  # a launched process: gloo's threads can abort or hang the interpreter's teardown
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
@@ -39,18 +39,19 @@ def run_main(main) -> None:
 
 def leave_process_group(timeout_s: float = 60) -> None:
     """All processes of a torchrun/accelerate launch meet, then close the process group. Closing it now and then never
-    returns (pytorch/pytorch#75097); everything is written by then, so after timeout_s the process goes on without."""
+    returns (pytorch/pytorch#75097); everything is written by then, so after timeout_s the process goes on without,
+    and run_main ends it without the interpreter's teardown, where gloo's threads have aborted or hung it too."""
     import threading
 
     import torch.distributed as dist
-    global _left_stuck_process_group
+    global _skip_teardown
+    _skip_teardown = True
     dist.barrier()
     closing = threading.Thread(target=dist.destroy_process_group, daemon=True)
     closing.start()
     closing.join(timeout_s)
     if closing.is_alive():
         print(f"warning: the process group did not close in {timeout_s:.0f} s; exiting without it", file=sys.stderr)
-        _left_stuck_process_group = True
 
 
 # ---------------------------------------------------------------------------------------------------
