@@ -52,7 +52,7 @@ def test_quality_baselines_from_a_corpus_passed_by_path(tmp_path, demo_corpus, t
     row split by seen and new openings; missing data is a clear message."""
     model = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, model)  # scores are written into the model folder: not the shared fixture's
-    args = ["--rows", "constant,retrieval,default", "--folder", f"default={model}", "--strategies", "greedy,beam",
+    args = ["--rows", "constant,retrieval,default", "--folder", f"default={model}", "--strategies", "beam",
             "--max_samples", "20", "--train_data", demo_corpus,
             "--test_sets", f"demo test={demo_corpus}:test,demo train={demo_corpus}:train"]
     result = run("bench/quality.py", *args, "--output", tmp_path / "q")

@@ -26,7 +26,7 @@ def habit_checkpoint(tmp_path_factory):
                for _ in range(2000)]
     (folder / "prompts.txt").write_text("\n".join(prompts) + "\n")
     result = run("run_clm.py", "--dataset_name", folder / "prompts.txt", "--output_dir", folder / "model",
-                 "--max_steps", "150", "--learning_rate", "1e-2", "--per_device_train_batch_size", "16",
+                 "--max_steps", "300", "--learning_rate", "1e-2", "--per_device_train_batch_size", "16",
                  "--max_eval_samples", "16", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     return folder / "model"
