@@ -14,6 +14,7 @@ checkpoint (a model from the Hub, a GGUF folder, a model trained elsewhere) and 
 prompts set aside from the training data.
 """
 
+import collections
 import functools
 import hashlib
 import json
@@ -38,6 +39,8 @@ EXACT_COUNT_LIMIT = 4096  # continuations counted one by one up to this many occ
 SAMPLED_COUNT_LIMIT = 65536
 RUNS_CACHE_SIZE = 16384  # large ranges whose continuation counts are kept (a few KB each)
 SCALAR_ROWS = 8  # batches up to this many rows search row by row (bytes comparisons), larger ones with numpy
+SCALAR_RANGE = 64  # and count the continuations of ranges up to this size one by one
+MATCH_CACHE_SIZE = 65536  # longest-suffix answers kept: beams and prompts break off into the same common tails
 # Mixing weights before any tuning: the memory's share where it has one continuation, where it has several, and the
 # shortest matched suffix (the separator before a prompt's start counts as a token) that it is used for.
 DEFAULT_WEIGHTS = {"sparse": 0.9, "dense": 0.3, "min_match": 3}
@@ -153,12 +156,15 @@ class SuffixIndex:
         count = len(queries)
         queries = [q[-MAX_MATCH:] for q in queries]
         query_lengths = np.array([len(q) for q in queries], dtype=np.int64)
+        bad = query_lengths + 1 if longest is None else np.minimum(query_lengths, longest) + 1
+        if 0 < count <= SCALAR_ROWS and self.big_endian:
+            found = [self._longest(q, int(b) - 1) for q, b in zip(queries, bad)]
+            return tuple(np.array(column, dtype=np.int64) for column in zip(*found))
         matrix = np.zeros((count, max(int(query_lengths.max(initial=0)), 1)), dtype=np.int64)
         for row, q in enumerate(queries):
             matrix[row, :len(q)] = q
         good = np.zeros(count, dtype=np.int64)  # the empty suffix always occurs
         good_lo, good_hi = np.zeros(count, dtype=np.int64), np.full(count, self.size, dtype=np.int64)
-        bad = query_lengths + 1 if longest is None else np.minimum(query_lengths, longest) + 1
         while True:
             open_rows = np.flatnonzero(bad - good > 1)
             if not len(open_rows):
@@ -173,6 +179,19 @@ class SuffixIndex:
                 target[open_rows[found]] = value[found]
             bad[open_rows[~found]] = trial[~found]
 
+    def _longest(self, query: np.ndarray, bound: int) -> tuple[int, int, int]:
+        """longest_suffixes for one query, by bytes comparisons: a binary search over the suffix's length."""
+        key, width = query.astype(self.symbols.dtype).tobytes(), self.width
+        good, good_lo, good_hi, bad = 0, 0, self.size, bound + 1
+        while bad - good > 1:
+            trial = (good + bad) // 2
+            lo, hi = self._range(0, self.size, 0, key[len(key) - trial * width:])
+            if hi > lo:
+                good, good_lo, good_hi = trial, lo, hi
+            else:
+                bad = trial
+        return good, good_lo, good_hi
+
     def extend(self, lo: np.ndarray, hi: np.ndarray, lengths: np.ndarray, symbols: np.ndarray):
         """Narrow each row's range (suffixes sharing `lengths` symbols) to those followed by the row's symbol."""
         return self.search(symbols[:, None], np.ones(len(lo), dtype=np.int64), lo, hi, np.minimum(lengths, MAX_MATCH))
@@ -182,7 +201,15 @@ class SuffixIndex:
         sorted, so a large range is counted by runs: between two probes with the same symbol, all are that symbol."""
         sizes = hi - lo
         rows, symbols, counts = [], [], []
-        small = np.flatnonzero((sizes > 0) & (sizes <= EXACT_COUNT_LIMIT))
+        one_by_one = SCALAR_RANGE if self.big_endian and len(lo) <= SCALAR_ROWS else 0
+        for row in np.flatnonzero((sizes > 0) & (sizes <= one_by_one)):  # a few rows: Python ints, no numpy calls
+            length, raw, width = int(lengths[row]), self.raw, self.width
+            counted = collections.Counter(bytes(raw[(p + length) * width:(p + length + 1) * width])
+                                          for p in self.positions[int(lo[row]):int(hi[row])])
+            rows.append(np.full(len(counted), row))
+            symbols.append(np.array([int.from_bytes(k, "big") for k in counted], dtype=np.int64))
+            counts.append(np.array(list(counted.values()), dtype=np.int64))
+        small = np.flatnonzero((sizes > one_by_one) & (sizes <= EXACT_COUNT_LIMIT))
         if len(small):
             row_of = np.repeat(small, sizes[small])
             first = np.repeat(np.cumsum(sizes[small]) - sizes[small], sizes[small])
@@ -248,6 +275,7 @@ class PromptMemory:
         self.folder, self.info, self.tokens = folder, info, tokens
         self.weights = dict(DEFAULT_WEIGHTS, **info.get("weights", {}))
         self._keyword_files, self._keywords, self._keyword_ids = keyword_files, None, None
+        self._matched: dict[bytes, tuple[int, int, int]] = {}  # match()'s answers, by the tokens they depend on
         self.vocab_size = info["vocab_size"]
         self.separator = tokens.separator
         self.unseen = self.vocab_size + 1  # a symbol no prompt holds: ids the tokenizer lacks map here
@@ -355,8 +383,22 @@ class PromptMemory:
         return np.concatenate([[self.separator], np.where((ids >= 0) & (ids < self.vocab_size), ids + 1, self.unseen)])
 
     def match(self, contexts: list, longest: np.ndarray | None = None) -> Matches:
-        """Each context's longest suffix seen in a training prompt, looked up from scratch."""
-        return Matches(*self.tokens.longest_suffixes([self.query(c) for c in contexts], longest))
+        """Each context's longest suffix seen in a training prompt (at most `longest` tokens), looked up from
+        scratch, or recalled: the answer depends on the context's last `longest` tokens alone."""
+        queries = [self.query(c)[-MAX_MATCH:] for c in contexts]
+        limits = [MAX_MATCH] * len(queries) if longest is None else longest
+        bounds = [min(len(q), int(b)) for q, b in zip(queries, limits)]
+        keys = [q[len(q) - b:].tobytes() for q, b in zip(queries, bounds)]
+        answers = {key: self._matched[key] for key in keys if key in self._matched}
+        missing = [row for row, key in enumerate(keys) if key not in answers]
+        if missing:
+            found = self.tokens.longest_suffixes([queries[row] for row in missing],
+                                                 np.array([bounds[row] for row in missing], dtype=np.int64))
+            if len(self._matched) + len(missing) > MATCH_CACHE_SIZE:
+                self._matched.clear()
+            for i, row in enumerate(missing):
+                answers[keys[row]] = self._matched[keys[row]] = tuple(int(column[i]) for column in found)
+        return Matches(*(np.array([answers[key][i] for key in keys], dtype=np.int64) for i in range(3)))
 
     def advance(self, matches: Matches, contexts: list) -> Matches:
         """The matches after each context grew by its last token: a match grows by at most that token, so most rows

@@ -46,8 +46,9 @@ BOTH_SEARCHES = pytest.mark.parametrize("scalar_rows", [0, 10**6], ids=["numpy",
 @BOTH_SEARCHES
 def test_counts_equal_a_brute_force_count(demo_memory, tokenizer, demo_prompts, scalar_rows, monkeypatch):
     """Longest suffix, anchoring and next-token counts of random contexts, against counting in the plain sequence
-    SEP p1 EOS SEP p2 EOS ... SEP; by the vectorised search and the row-by-row one."""
+    SEP p1 EOS SEP p2 EOS ... SEP; by the vectorised search and the row-by-row one, then recalled from the cache."""
     monkeypatch.setattr(memory, "SCALAR_ROWS", scalar_rows)
+    monkeypatch.setattr(demo_memory, "_matched", {})  # looked up, not recalled from the other search's run
     eos, sep = tokenizer.eos_token_id, -1
     plain = [sep]
     for ids in tokenizer(demo_prompts, add_special_tokens=False)["input_ids"]:
@@ -65,6 +66,8 @@ def test_counts_equal_a_brute_force_count(demo_memory, tokenizer, demo_prompts, 
             context = opening + context[rng.randrange(len(context)):]
         contexts.append(context)
     matches = demo_memory.match(contexts)
+    recalled = demo_memory.match(contexts)
+    assert all((getattr(recalled, n) == getattr(matches, n)).all() for n in ("lengths", "lo", "hi"))
     anchored = matches.anchored(np.array([len(c) for c in contexts]))
     rows, tokens, counts = demo_memory.continuations(matches)
     for row, context in enumerate(contexts):
