@@ -14,6 +14,7 @@ checkpoint (a model from the Hub, a GGUF folder, a model trained elsewhere) and 
 prompts set aside from the training data.
 """
 
+import bisect
 import collections
 import functools
 import hashlib
@@ -127,24 +128,13 @@ class SuffixIndex:
 
     def _range(self, lo: int, hi: int, offset: int, key: bytes) -> tuple[int, int]:
         """The range of suffixes in [lo, hi) whose symbols from offset on start with key (big-endian bytes)."""
-        raw, positions, width, size = self.raw, self.positions, self.width, len(key)
-        first, last = lo, hi
-        while first < last:  # the first suffix not below key
-            middle = (first + last) >> 1
-            start = (positions[middle] + offset) * width
-            if bytes(raw[start:start + size]) < key:
-                first = middle + 1
-            else:
-                last = middle
-        end = hi
-        while last < end:  # the first suffix past every one that starts with key
-            middle = (last + end) >> 1
-            start = (positions[middle] + offset) * width
-            if bytes(raw[start:start + size]) > key:
-                end = middle
-            else:
-                last = middle + 1
-        return first, last
+        raw, width, size = self.raw, self.width, len(key)
+
+        def head(position: int) -> bytes:  # the suffix's first symbols from offset on, as many as key holds
+            start = (position + offset) * width
+            return raw[start:start + size].tobytes()
+        first = bisect.bisect_left(self.positions, key, lo, hi, key=head)
+        return first, bisect.bisect_right(self.positions, key, first, hi, key=head)
 
     def find(self, patterns: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The range of suffixes starting with each row's patterns[row, :lengths[row]]."""
@@ -180,16 +170,25 @@ class SuffixIndex:
             bad[open_rows[~found]] = trial[~found]
 
     def _longest(self, query: np.ndarray, bound: int) -> tuple[int, int, int]:
-        """longest_suffixes for one query, by bytes comparisons: a binary search over the suffix's length."""
+        """longest_suffixes for one query, by bytes comparisons: the suffix's length is galloped up from 2, then
+        searched between the last length found and the first not found (a broken match mostly restarts at 2 to 5
+        tokens, however long it was)."""
         key, width = query.astype(self.symbols.dtype).tobytes(), self.width
         good, good_lo, good_hi, bad = 0, 0, self.size, bound + 1
-        while bad - good > 1:
-            trial = (good + bad) // 2
-            lo, hi = self._range(0, self.size, 0, key[len(key) - trial * width:])
+
+        def occurs(length: int) -> bool:
+            nonlocal good, good_lo, good_hi, bad
+            lo, hi = self._range(0, self.size, 0, key[len(key) - length * width:])
             if hi > lo:
-                good, good_lo, good_hi = trial, lo, hi
+                good, good_lo, good_hi = length, lo, hi
             else:
-                bad = trial
+                bad = length
+            return hi > lo
+        trial = 2
+        while trial < bad and occurs(trial):
+            trial *= 2
+        while bad - good > 1:
+            occurs((good + bad) // 2)
         return good, good_lo, good_hi
 
     def extend(self, lo: np.ndarray, hi: np.ndarray, lengths: np.ndarray, symbols: np.ndarray):
