@@ -467,6 +467,8 @@ def generate_prompts(model, tokenizer, inputs: list[str], preset: dict, max_new_
         preset = {**preset, "num_beams": max(preset["num_beams"], num_return_sequences)}
     batch = tokenizer(inputs, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_length = batch["input_ids"].shape[1]
+    # Never past the model's context: a learned position table has no row there (GPT-2 fails with an index error).
+    max_new_tokens = max(1, min(max_new_tokens, model_context(model) - prompt_length))
     if max_copied_keywords is not None:
         processors.append(CopyLimitProcessor(tokenizer, memory, max_copied_keywords, prompt_length))
     if memory is not None and memory_weight > 0:  # last: it mixes what the others left unmasked
