@@ -95,8 +95,6 @@ def test_fine_tunes_from_a_real_gguf_and_saves_plain_safetensors(tmp_path):
                     env=env)
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert generated.stdout.startswith("a castle,")
-    scored = run("eval.py", "--model_name_or_path", out, "--strategy", "greedy", "--max_samples", "4", env=env)
-    assert scored.returncode == 0, scored.stderr[-3000:]
     process, url = launch(out, {**env, "KARLO_API_KEY": "", "KARLO_API_URL": "http://127.0.0.1:9"})
     try:
         prompt, image, status, clip, copied = ask(url, "a castle,", num_keywords=4, strategy="beam")

@@ -170,7 +170,7 @@ def recall_checkpoint(tmp_path_factory):
     """A tiny GPT-2 trained in the test on the demo prompts, with the memory run_clm.py builds by default."""
     folder = tmp_path_factory.mktemp("recall") / "model"
     result = run("run_clm.py", "--output_dir", folder, "--max_steps", "40", "--learning_rate", "1e-2",
-                 "--max_eval_samples", "16", *TINY, "--memory_tuning_samples", "20")
+                 "--max_eval_samples", "16", *TINY, "--memory_tuning_samples", "8")
     assert result.returncode == 0, result.stderr[-3000:]
     return folder
 
