@@ -52,8 +52,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (the hang fault): nobody to answer
+            pass
 
     def do_GET(self):
         if self.path.startswith("/images/"):  # a different picture per request, as a real service gives
