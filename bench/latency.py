@@ -2,7 +2,8 @@
 demo's default controls (no repeated keyword, a 75-token CLIP budget), and with them and the checkpoint's memory
 (the demo's default when the checkpoint has one). The rows take turns call by call, so drift hits them alike. Each
 call's input is the first keyword of another of the checkpoint's held-out prompts (or --prompt every time); the
-table also says how many tokens each row wrote, since the memory's keywords are longer ones.
+table also says how many tokens each row wrote, since the memory's keywords are longer ones, and how many decoding
+steps (forward passes) a call took.
 
     python bench/latency.py --model_name_or_path checkpoints/default --repeats 30
 """
@@ -51,31 +52,36 @@ def main() -> None:
     rows = {"none": {}, "demo's": demo}
     if memory is not None:
         rows["demo's + memory"] = dict(demo, memory=memory)
-    times, tokens = {name: [] for name in rows}, {name: [] for name in rows}
+    times, tokens, steps = ({name: [] for name in rows} for _ in range(3))
+    forward_passes = [0]  # counted by a hook on the model: beam search's steps, the prompt's pass included
+    model.register_forward_pre_hook(lambda module, args: forward_passes.__setitem__(0, forward_passes[0] + 1))
     for i in range(args.repeats + 1):
         prompt = inputs[i % len(inputs)]
         for name, controls in rows.items():
             set_seed(i)
+            forward_passes[0] = 0
             started = time.perf_counter()
             (written,) = decoding.generate_prompts(model, tokenizer, [prompt], decoding.PRESETS[args.strategy],
                                                    max_new_tokens, num_keywords=[args.num_keywords], **controls)
             if i:  # the first call warms up
                 times[name].append(1000 * (time.perf_counter() - started))
+                steps[name].append(forward_passes[0])
                 text = written if isinstance(written, str) else written[0]
                 tokens[name].append(len(tokenizer(text)["input_ids"]) - len(tokenizer(prompt)["input_ids"]))
-    print(f"{machine.describe()}\n\n| model | strategy | controls | median ms | p95 ms | tokens written |\n"
-          "|---|---|---|---|---|---|")
+    print(f"{machine.describe()}\n\n| model | strategy | controls | median ms | p95 ms | tokens written | steps |\n"
+          "|---|---|---|---|---|---|---|")
     for name, measured in times.items():
         measured.sort()
         row = {"median_ms": round(statistics.median(measured), 1),
                "p95_ms": round(measured[int(0.95 * (len(measured) - 1))], 1),
-               "tokens_mean": round(statistics.mean(tokens[name]), 1)}
+               "tokens_mean": round(statistics.mean(tokens[name]), 1),
+               "steps_mean": round(statistics.mean(steps[name]), 1)}
         if name == "none":
             result.update(row)  # the keys earlier reports used
         else:
             result["with_controls" if name == "demo's" else "with_controls_and_memory"] = row
         print(f"| {args.model_name_or_path} | {args.strategy} | {name} | {row['median_ms']} | {row['p95_ms']} | "
-              f"{row['tokens_mean']} |")
+              f"{row['tokens_mean']} | {row['steps_mean']} |")
     if memory is not None:
         added = result["with_controls_and_memory"]["median_ms"] - result["with_controls"]["median_ms"]
         result["memory_adds_median_ms"] = round(added, 1)
