@@ -115,8 +115,7 @@ class KeywordStoppingCriteria(StoppingCriteria):
     whatever follows would be cut away anyway. Counts commas per token id, no decoding per step."""
 
     def __init__(self, tokenizer, vocab_size: int, prompt_length: int, commas_needed: list[int]):
-        counts = list(_commas_per_token(tokenizer))
-        self.commas_per_token = torch.tensor(counts + [0] * max(0, vocab_size - len(counts)))
+        self.commas_per_token = _commas_per_token(tokenizer, vocab_size)
         self.prompt_length = prompt_length
         self.commas_needed = torch.tensor(commas_needed)
 
@@ -139,9 +138,11 @@ def _token_texts(tokenizer) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=4)
-def _commas_per_token(tokenizer) -> tuple[int, ...]:
+def _commas_per_token(tokenizer, vocab_size: int) -> torch.Tensor:
+    """Commas in each token id's text, 0 for ids the tokenizer lacks: made once, not per call (5 ms over 50k ids)."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return tuple(token.count(",") if token else 0 for token in tokens)
+    counts = [token.count(",") if token else 0 for token in tokens]
+    return torch.tensor(counts + [0] * max(0, vocab_size - len(counts)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -352,29 +353,25 @@ class MemoryProcessor(LogitsProcessor):
         keep = tokens < vocabulary
         rows, tokens, counts = rows[keep], tokens[keep], counts[keep].astype(np.float64)
         flat = torch.from_numpy(rows * vocabulary + tokens).to(device)
-        allowed = ~torch.isneginf(scores.reshape(-1).take(flat)).cpu().numpy()
+        model_scores = scores.reshape(-1).take(flat).double().cpu().numpy()  # the model's, at the memory's tokens
+        allowed = model_scores != -np.inf
         total = np.bincount(rows, weights=np.where(allowed, counts, 0), minlength=len(ids))
         distinct = np.bincount(rows[allowed], minlength=len(ids))
         weight = np.where(distinct == 1, weights["sparse"], weights["dense"]) * self.scale
         weight = np.where(total > 0, np.clip(weight, 0, 1), 0.0)
-        mixed = np.flatnonzero(weight > 0)
-        if not len(mixed):
+        if not weight.any():
             return scores
-        # log((1 - w) p_model + w p_memory): the model's log-probabilities move by log(1 - w), and the memory's
-        # continuations add w p_memory to theirs.
+        # log((1 - w) p_model + w p_memory) with p_model = exp(score - log Z): a mixed row's scores all move by
+        # log(1 - w) - log Z (a row left alone by 0), and the memory's continuations add w p_memory to theirs.
+        log_z = torch.logsumexp(scores.float(), dim=-1).double().cpu().numpy()
         with np.errstate(divide="ignore"):  # w = 1: the model's share is log(0)
-            model_share = torch.from_numpy(np.log1p(-weight[mixed])).float().to(device)[:, None]
+            shift = np.where(weight > 0, np.log1p(-weight) - log_z, 0.0)
+            mixed = allowed & (weight[rows] > 0)
             memory_share = np.log(weight[rows] * counts / np.maximum(total[rows], 1))
-        if len(mixed) == len(ids):
-            out = torch.log_softmax(scores.float(), dim=-1) + model_share
-        else:
-            out = scores.float().clone()
-            m = torch.from_numpy(mixed).to(device)
-            out.index_copy_(0, m, torch.log_softmax(out.index_select(0, m), dim=-1) + model_share)
-        use = torch.from_numpy(allowed & (weight[rows] > 0)).to(device)  # such a row is a mixed row
-        flat = flat[use]
-        mixed_scores = torch.logaddexp(out.view(-1).take(flat), torch.from_numpy(memory_share).float().to(device)[use])
-        out.view(-1).index_copy_(0, flat, mixed_scores)
+        out = scores.float() + torch.from_numpy(shift).float().to(device)[:, None]
+        entries = np.logaddexp(model_scores + shift[rows], memory_share)[mixed]
+        out.view(-1).index_copy_(0, flat[torch.from_numpy(mixed).to(device)],
+                                 torch.from_numpy(entries).float().to(device))
         return out
 
     def _match(self, contexts: list[np.ndarray]) -> "prompt_memory.Matches":
