@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--no_full_length", action="store_true", help="skip the slow generate-to-1,024 row")
     parser.add_argument("--output", default="bench/results/eval_speed.json", help="JSON to write")
     args = parser.parse_args()
+    utils.keep_freed_memory()  # as the product's scripts do (utils.run_main)
 
     model, tokenizer = decoding.load_checkpoint(args.model_name_or_path, args.device, args.fp16)
     if args.context and args.context > model.config.n_positions:

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--fp16", action="store_true", help="run the model in float16 (GPU)")
     parser.add_argument("--output", default="bench/results/latency.json", help="JSON to write")
     args = parser.parse_args()
+    utils.keep_freed_memory()  # as the product's scripts do (utils.run_main)
     model, tokenizer = decoding.load_checkpoint(args.model_name_or_path, args.device, args.fp16)
     memory = prompt_memory.load_memory(args.model_name_or_path, tokenizer)
     max_new_tokens = 12 * args.num_keywords + 16  # as run_gradio.py

@@ -158,3 +158,42 @@ def test_eval_says_whether_memory_was_on_and_weight_zero_is_the_model_alone(tiny
         copied = result["scores"]["one_keyword"]["beam"]
         assert 0 <= copied["copied_prompts"] <= 100 and copied["copied_keywords"] >= 0
     assert "% equal to a training prompt" in on.stdout and "longest run copied" in on.stdout
+
+
+def test_weight_first_output_layer_computes_the_same_logits_and_prompts(tiny_checkpoint):
+    """The output layer decoding may switch to (faster on some CPUs) gives the model's own logits, with a bias too,
+    and the same beam prompts; it is forced here so every machine runs it."""
+    model, tokenizer = decoding.load_checkpoint(str(tiny_checkpoint), "cpu")
+    layer = model.get_output_embeddings()
+    layer.__class__ = torch.nn.Linear
+    inputs = tokenizer(["a castle,", "young, curly haired,"], return_tensors="pt", padding=True)
+    prompts = ["a castle,", "young, curly haired,", "portrait of"]
+    with torch.inference_mode():
+        expected = model(**inputs).logits
+        written = decoding.generate_prompts(model, tokenizer, prompts, decoding.PRESETS["beam"], 40,
+                                            num_keywords=[8] * 3)
+        layer.__class__ = decoding.WeightFirstLinear
+        assert layer.weight is model.get_input_embeddings().weight  # still tied
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
+        assert decoding.generate_prompts(model, tokenizer, prompts, decoding.PRESETS["beam"], 40,
+                                         num_keywords=[8] * 3) == written
+        biased = torch.nn.Linear(16, 50)
+        x = torch.randn(2, 3, 16)
+        plain = biased(x)
+        biased.__class__ = decoding.WeightFirstLinear
+        torch.testing.assert_close(biased(x), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_freed_memory_is_kept_and_reused():
+    """With glibc, run_main keeps what PyTorch frees: a large tensor made again costs no fresh pages."""
+    import platform
+    import resource
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert utils.keep_freed_memory()
+    faults = []
+    for _ in range(4):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(40 * 2**20 // 4).fill_(1.0)  # 40 MB, over glibc's largest mmap threshold
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert max(faults[1:]) < 10240 // 4, faults  # 10,240 pages when each is fresh
