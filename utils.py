@@ -29,7 +29,9 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory PyTorch frees and hand it out again, instead of returning each large block to
     the system and taking fresh pages back, a page fault every 4 KB (about 2.4 us each on a 2-core AMD EPYC VM:
     a 40 MB tensor cost 25 ms to make and fill, 5 ms this way). Large blocks are the logits of a batch over a 50k
-    vocabulary: eval.py's beams, the training loss's chunks. Only where the C library is glibc; True if set."""
+    vocabulary: eval.py's beams, the training loss's chunks. The price is a larger resident set: the heap keeps the
+    blocks it grew to (eval.py's peak 0.73 -> 1.31 GB, a default training's 2.37 -> 3.04 GB, bench/README.md).
+    Only where the C library is glibc; True if set."""
     import ctypes
     import platform
     if platform.libc_ver()[0] != "glibc":
