@@ -176,7 +176,9 @@ def test_weight_first_output_layer_computes_the_same_logits_and_prompts(tiny_che
                                             num_keywords=[8] * 3)
         layer.__class__ = decoding.WeightFirstLinear
         assert layer.weight is model.get_input_embeddings().weight  # still tied
-        torch.testing.assert_close(model(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
+        logits = model(**inputs).logits
+        torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+        assert logits.is_contiguous()  # rows one after another: decoding's log-softmax and top-k are slow otherwise
         assert decoding.generate_prompts(model, tokenizer, prompts, decoding.PRESETS["beam"], 40,
                                          num_keywords=[8] * 3) == written
         biased = torch.nn.Linear(16, 50)
@@ -184,6 +186,7 @@ def test_weight_first_output_layer_computes_the_same_logits_and_prompts(tiny_che
         plain = biased(x)
         biased.__class__ = decoding.WeightFirstLinear
         torch.testing.assert_close(biased(x), plain, rtol=1e-5, atol=1e-5)
+        assert biased(x).is_contiguous()
 
 
 def test_freed_memory_is_kept_and_reused():
