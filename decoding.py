@@ -5,6 +5,7 @@ into the model's next-token distribution, and generate_prompts, which every scri
 import bisect
 import functools
 import html
+import math
 import os
 import re
 import sys
@@ -374,67 +375,107 @@ class MemoryProcessor(LogitsProcessor):
     def __init__(self, memory, prompt_starts: list[int], scale: float = 1.0):
         self.memory, self.scale = memory, scale
         self.prompt_starts = np.asarray(prompt_starts)  # where each input's tokens start after left padding
-        self.matches: dict[bytes, tuple[int, int, int]] = {}
+        self.matches: dict[bytes, prompt_memory.Node] = {}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         ids = input_ids.cpu().numpy()
-        starts = np.repeat(self.prompt_starts, len(ids) // len(self.prompt_starts))
-        matches = self._match([ids[row, start:] for row, start in enumerate(starts)])
-        weights = self.memory.weights
-        usable = matches.lengths >= weights["min_match"]
-        rows, tokens, counts = self.memory.continuations(prompt_memory.Matches(
-            *(np.where(usable, getattr(matches, name), 0) for name in ("lengths", "lo", "hi"))))
-        # The memory's distribution stays sparse: a few continuations per row, none where another processor masks.
-        # Entries are addressed by flat index (row * vocabulary + token): a 1-D gather costs a tenth of a 2-D one.
+        per_input = len(ids) // len(self.prompt_starts)
+        memory, weights = self.memory, self.memory.weights
+        # Row by row with Python numbers: a step grows each row's match by a token, mostly a lookup among the
+        # branches of its last match, which the memory keeps (the demo's 3 beams cost tens of microseconds).
+        matches, rows, tokens, counts = {}, [], [], []
+        for row, context in enumerate(ids):
+            context = context[self.prompt_starts[row // per_input]:]
+            key = context.tobytes()
+            parent = self.matches.get(key[:-context.itemsize])
+            node = memory.grow(parent, context) if parent else memory.nodes([context])[0]
+            matches[key] = node
+            if node[0] >= weights["min_match"]:
+                known = memory.branches(node)
+                rows += [row] * len(known.tokens)
+                tokens += known.tokens
+                counts += known.counts
+        self.matches = matches
+        if not rows:
+            return scores
+        mix = self._mix_rows if len(ids) <= prompt_memory.SCALAR_ROWS else self._mix_batch
+        return mix(scores, rows, tokens, counts)
+
+    # The mix, log((1 - w) p_model + w p_memory) with p_model = exp(score - log Z): a mixed row is the model's row
+    # normalised (a log-softmax: half the time of a logsumexp) and moved by log(1 - w), a row left alone stays as it
+    # was, and the memory's continuations add w p_memory to theirs. A few rows (the demo's beams) are mixed with Python
+    # lists, many (eval.py's batches) with numpy arrays: the same mix, where numpy's calls would cost the demo more than
+    # the mix itself. Entries are addressed by flat index (row * vocabulary + token): a 1-D gather costs a tenth
+    # of a 2-D one.
+
+    def _row_weights(self, totals, distinct) -> list[float]:
+        """Each row's memory weight: sparse where one continuation is allowed, dense where several, 0 where none."""
+        sparse, dense = self.memory.weights["sparse"], self.memory.weights["dense"]
+        return [min(max((sparse if d == 1 else dense) * self.scale, 0.0), 1.0) if t > 0 else 0.0
+                for t, d in zip(totals, distinct)]
+
+    def _mix_rows(self, scores, rows: list[int], tokens: list[int], counts: list[int]) -> torch.FloatTensor:
         vocabulary, device = scores.shape[1], scores.device
+        entries = [(r, r * vocabulary + t, c) for r, t, c in zip(rows, tokens, counts) if t < vocabulary]
+        index = torch.tensor([flat for _, flat, _ in entries], device=device)
+        model = scores.reshape(-1).take(index).tolist()  # the model's, at the memory's tokens
+        totals, distinct = [0] * len(scores), [0] * len(scores)
+        for (r, _, c), score in zip(entries, model):
+            if score != -math.inf:  # masked by another processor: no memory share either
+                totals[r] += c
+                distinct[r] += 1
+        weight = self._row_weights(totals, distinct)
+        if not any(weight):
+            return scores
+        normalized = torch.log_softmax(scores.float(), dim=-1)
+        share = normalized.reshape(-1).take(index).tolist()
+        log_rest = [math.log1p(-w) if w < 1 else -math.inf for w in weight]
+        values = []  # every entry rewritten: mixed, or as it was (masked, or in a row left alone)
+        for (r, _, c), score, model_share in zip(entries, model, share):
+            if score == -math.inf or not weight[r]:
+                values.append(score)
+            else:
+                values.append(log_add_exp(model_share + log_rest[r], math.log(weight[r] * c / totals[r])))
+        if len(set(log_rest)) == 1:  # the beams mostly share a weight: one number, not a column of them
+            normalized.add_(log_rest[0])
+        else:
+            normalized.add_(torch.tensor(log_rest, device=device).unsqueeze(1))
+        for row in (r for r, w in enumerate(weight) if not w):
+            normalized[row] = scores[row]
+        return normalized.view(-1).index_put_((index,), torch.tensor(values, device=device)).view_as(normalized)
+
+    def _mix_batch(self, scores, rows: list[int], tokens: list[int], counts: list[int]) -> torch.FloatTensor:
+        vocabulary, device = scores.shape[1], scores.device
+        rows, tokens, counts = np.array(rows), np.array(tokens), np.array(counts, dtype=np.float64)
         keep = tokens < vocabulary
-        rows, tokens, counts = rows[keep], tokens[keep], counts[keep].astype(np.float64)
+        rows, tokens, counts = rows[keep], tokens[keep], counts[keep]
         flat = torch.from_numpy(rows * vocabulary + tokens).to(device)
-        model_scores = scores.reshape(-1).take(flat).double().cpu().numpy()  # the model's, at the memory's tokens
-        allowed = model_scores != -np.inf
-        total = np.bincount(rows, weights=np.where(allowed, counts, 0), minlength=len(ids))
-        distinct = np.bincount(rows[allowed], minlength=len(ids))
-        weight = np.where(distinct == 1, weights["sparse"], weights["dense"]) * self.scale
-        weight = np.where(total > 0, np.clip(weight, 0, 1), 0.0)
+        model = scores.reshape(-1).take(flat).double().cpu().numpy()
+        allowed = model != -np.inf
+        totals = np.bincount(rows, weights=np.where(allowed, counts, 0), minlength=len(scores))
+        weight = np.array(self._row_weights(totals, np.bincount(rows[allowed], minlength=len(scores))))
         if not weight.any():
             return scores
-        # log((1 - w) p_model + w p_memory) with p_model = exp(score - log Z): a mixed row is the model's row
-        # normalised (a log-softmax: half the time of a logsumexp) and moved by log(1 - w), a row left alone stays as
-        # it was, and the memory's continuations add w p_memory to theirs.
         normalized = torch.log_softmax(scores.float(), dim=-1)
         model_share = normalized.reshape(-1).take(flat).double().cpu().numpy()
-        with np.errstate(divide="ignore"):  # w = 1: the model's share is log(0)
+        with np.errstate(divide="ignore"):
             log_rest = np.log1p(-weight)
             mixed = allowed & (weight[rows] > 0)
-            memory_share = np.log(weight[rows] * counts / np.maximum(total[rows], 1))
-        moved = torch.from_numpy(log_rest).float().to(device)[:, None]
-        if weight.all():
-            out = normalized.add_(moved)
-        else:
-            out = torch.where(torch.from_numpy(weight > 0).to(device)[:, None], normalized + moved, scores.float())
+            memory_share = np.log(weight[rows] * counts / np.maximum(totals[rows], 1))
+        out = normalized.add_(torch.from_numpy(log_rest).float().to(device)[:, None])
+        if not weight.all():  # rows left alone: copied back, not chosen from by a pass over every row
+            alone = torch.from_numpy(np.flatnonzero(weight == 0)).to(device)
+            out.index_copy_(0, alone, scores.float().index_select(0, alone))
         entries = np.logaddexp(model_share + log_rest[rows], memory_share)[mixed]
         out.view(-1).index_copy_(0, flat[torch.from_numpy(mixed).to(device)],
                                  torch.from_numpy(entries).float().to(device))
         return out
 
-    def _match(self, contexts: list[np.ndarray]) -> "prompt_memory.Matches":
-        """Each context's match: grown by its last token from its parent's (the context one token shorter, as it
-        stood at the step before), or looked up from scratch."""
-        count = len(contexts)
-        lengths, lo, hi = (np.zeros(count, dtype=np.int64) for _ in range(3))
-        parents = [self.matches.get(c[:-1].tobytes()) for c in contexts]
-        grown = [row for row, parent in enumerate(parents) if parent is not None]
-        fresh = [row for row, parent in enumerate(parents) if parent is None]
-        if grown:
-            before = prompt_memory.Matches(*(np.array([parents[row][i] for row in grown], dtype=np.int64)
-                                             for i in range(3)))
-            after = self.memory.advance(before, [contexts[row] for row in grown])
-            lengths[grown], lo[grown], hi[grown] = after.lengths, after.lo, after.hi
-        if fresh:
-            found = self.memory.match([contexts[row] for row in fresh])
-            lengths[fresh], lo[fresh], hi[fresh] = found.lengths, found.lo, found.hi
-        self.matches = {c.tobytes(): (lengths[row], lo[row], hi[row]) for row, c in enumerate(contexts)}
-        return prompt_memory.Matches(lengths, lo, hi)
+
+def log_add_exp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) of two Python floats, -inf allowed."""
+    high, low = max(a, b), min(a, b)
+    return high if low == -math.inf else high + math.log1p(math.exp(low - high))
 
 
 class CopyLimitProcessor(LogitsProcessor):

@@ -18,6 +18,7 @@ import bisect
 import collections
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -39,9 +40,11 @@ EXACT_COUNT_LIMIT = 4096  # continuations counted one by one up to this many occ
 # evenly spaced suffixes of the range: the next-token distribution to about 1/65,536, at a bounded cost.
 SAMPLED_COUNT_LIMIT = 65536
 RUNS_CACHE_SIZE = 16384  # large ranges whose continuation counts are kept (a few KB each)
-SCALAR_ROWS = 8  # batches up to this many rows search row by row (bytes comparisons), larger ones with numpy
-SCALAR_RANGE = 64  # and count the continuations of ranges up to this size one by one
+SCALAR_ROWS = 8  # batches up to this many rows search (and decoding mixes) row by row, larger ones with numpy
+SCALAR_RANGE = 64  # ranges up to this size have their continuations counted one by one, in Python
 MATCH_CACHE_SIZE = 65536  # longest-suffix answers kept: beams and prompts break off into the same common tails
+PATTERN_CACHE_SIZE = 65536  # ranges of the patterns a lookup searched the whole suffix array for
+BRANCH_CACHE_SIZE = 65536  # matched suffixes whose continuations are kept: beams and prompts pass the same ones
 # Mixing weights before any tuning: the memory's share where it has one continuation, where it has several, and the
 # shortest matched suffix (the separator before a prompt's start counts as a token) that it is used for.
 DEFAULT_WEIGHTS = {"sparse": 0.9, "dense": 0.3, "min_match": 3}
@@ -74,6 +77,8 @@ class SuffixIndex:
             self.positions = memoryview(np.ascontiguousarray(suffix_array))
         # Large ranges are the common contexts (", highly detailed"): counted once, then recalled at every step.
         self._runs = functools.lru_cache(maxsize=RUNS_CACHE_SIZE)(self._count_runs)
+        # The short patterns a lookup gallops through (a context's last 2, 4, 8 tokens) recur from step to step.
+        self._patterns: dict[bytes, tuple[int, int]] = {}
 
     @staticmethod
     def build(documents, dtype, separator: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,7 +183,8 @@ class SuffixIndex:
 
         def occurs(length: int) -> bool:
             nonlocal good, good_lo, good_hi, bad
-            lo, hi = self._range(0, self.size, 0, key[len(key) - length * width:])
+            pattern = key[len(key) - length * width:]
+            lo, hi = self._patterns.get(pattern) or self._pattern_range(pattern)
             if hi > lo:
                 good, good_lo, good_hi = length, lo, hi
             else:
@@ -191,41 +197,40 @@ class SuffixIndex:
             occurs((good + bad) // 2)
         return good, good_lo, good_hi
 
+    def _pattern_range(self, pattern: bytes) -> tuple[int, int]:
+        if len(self._patterns) >= PATTERN_CACHE_SIZE:
+            self._patterns.clear()
+        self._patterns[pattern] = self._range(0, self.size, 0, pattern)
+        return self._patterns[pattern]
+
+    def narrow(self, lo: int, hi: int, offset: int, symbol: int) -> tuple[int, int]:
+        """The part of the range [lo, hi) (suffixes sharing their first `offset` symbols) followed by symbol."""
+        if self.big_endian:
+            return self._range(lo, hi, offset, symbol.to_bytes(self.width, "big"))
+        found = self.search(np.array([[symbol]]), np.ones(1, dtype=np.int64), np.array([lo]), np.array([hi]),
+                            np.array([offset]))
+        return int(found[0][0]), int(found[1][0])
+
     def extend(self, lo: np.ndarray, hi: np.ndarray, lengths: np.ndarray, symbols: np.ndarray):
         """Narrow each row's range (suffixes sharing `lengths` symbols) to those followed by the row's symbol."""
         return self.search(symbols[:, None], np.ones(len(lo), dtype=np.int64), lo, hi, np.minimum(lengths, MAX_MATCH))
 
-    def following(self, lo: np.ndarray, hi: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
-        """What follows each row's matched suffixes, as (row, symbol, count) triples. The symbols after a range are
-        sorted, so a large range is counted by runs: between two probes with the same symbol, all are that symbol."""
-        sizes = hi - lo
-        rows, symbols, counts = [], [], []
-        one_by_one = SCALAR_RANGE if self.big_endian and len(lo) <= SCALAR_ROWS else 0
-        for row in np.flatnonzero((sizes > 0) & (sizes <= one_by_one)):  # a few rows: Python ints, no numpy calls
-            length, raw, width = int(lengths[row]), self.raw, self.width
-            counted = collections.Counter(bytes(raw[(p + length) * width:(p + length + 1) * width])
-                                          for p in self.positions[int(lo[row]):int(hi[row])])
-            rows.append(np.full(len(counted), row))
-            symbols.append(np.array([int.from_bytes(k, "big") for k in counted], dtype=np.int64))
-            counts.append(np.array(list(counted.values()), dtype=np.int64))
-        small = np.flatnonzero((sizes > one_by_one) & (sizes <= EXACT_COUNT_LIMIT))
-        if len(small):
-            row_of = np.repeat(small, sizes[small])
-            first = np.repeat(np.cumsum(sizes[small]) - sizes[small], sizes[small])
-            index = lo[row_of] + np.arange(len(row_of)) - first
-            after = self.symbols[self.suffix_array[index].astype(np.int64) + lengths[row_of]].astype(np.int64)
-            keys, key_counts = np.unique(row_of * (self.separator + 1) + after, return_counts=True)
-            rows.append(keys // (self.separator + 1))
-            symbols.append(keys % (self.separator + 1))
-            counts.append(key_counts)
-        for row in np.flatnonzero(sizes > EXACT_COUNT_LIMIT):
-            symbol, count = self._runs(int(lo[row]), int(hi[row]), int(lengths[row]))
-            rows.append(np.full(len(symbol), row))
-            symbols.append(symbol)
-            counts.append(count)
-        if not rows:
-            return (np.zeros(0, dtype=np.int64),) * 3
-        return np.concatenate(rows), np.concatenate(symbols), np.concatenate(counts)
+    def next_symbols(self, lo: int, hi: int, length: int) -> tuple[list[int], list[int], bool]:
+        """What follows the range's suffixes (which share their first `length` symbols): (symbols in ascending
+        order, their counts, whether the counts are exact). The range is sorted by that next symbol, so with exact
+        counts the suffixes followed by the k-th symbol are the k-th run of the range. A large range is counted by
+        runs (between two probes with the same symbol, all are that symbol), a huge one on a sample."""
+        if hi - lo <= SCALAR_RANGE and self.big_endian:  # Python ints from the bytes: no numpy calls
+            raw, width = self.raw, self.width
+            counted = collections.Counter(int.from_bytes(raw[(p + length) * width:(p + length + 1) * width], "big")
+                                          for p in self.positions[lo:hi])
+            return list(counted), list(counted.values()), True
+        if hi - lo <= EXACT_COUNT_LIMIT:
+            after = self.symbols[self.suffix_array[lo:hi].astype(np.int64) + length]
+            symbols, counts = np.unique(after, return_counts=True)
+        else:
+            symbols, counts = self._runs(lo, hi, length)
+        return symbols.tolist(), counts.tolist(), hi - lo <= SAMPLED_COUNT_LIMIT
 
     def _count_runs(self, lo: int, hi: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         def symbol_at(index: np.ndarray) -> np.ndarray:
@@ -254,6 +259,18 @@ class SuffixIndex:
         return np.searchsorted(self.starts, positions, side="right") - 1
 
 
+Node = tuple[int, int, int]  # a context's match: its length, and the suffix array range [lo, hi) of its occurrences
+
+
+@dataclass
+class Branches:
+    """What followed a matched suffix in the training prompts: token ids and their counts, and, where the counts are
+    exact, the range of suffixes each symbol continues (what the match grows into)."""
+    tokens: list[int]
+    counts: list[int]
+    ranges: dict[int, tuple[int, int]] | None
+
+
 @dataclass
 class Matches:
     """Where each context stands in the memory: its longest suffix seen in a training prompt (length in tokens, the
@@ -274,7 +291,8 @@ class PromptMemory:
         self.folder, self.info, self.tokens = folder, info, tokens
         self.weights = dict(DEFAULT_WEIGHTS, **info.get("weights", {}))
         self._keyword_files, self._keywords, self._keyword_ids = keyword_files, None, None
-        self._matched: dict[bytes, tuple[int, int, int]] = {}  # match()'s answers, by the tokens they depend on
+        self._matched: dict[bytes, Node] = {}  # match()'s answers, by the tokens they depend on
+        self._branches: dict[Node, Branches] = {}
         self.vocab_size = info["vocab_size"]
         self.separator = tokens.separator
         self.unseen = self.vocab_size + 1  # a symbol no prompt holds: ids the tokenizer lacks map here
@@ -382,42 +400,75 @@ class PromptMemory:
         return np.concatenate([[self.separator], np.where((ids >= 0) & (ids < self.vocab_size), ids + 1, self.unseen)])
 
     def match(self, contexts: list, longest: np.ndarray | None = None) -> Matches:
-        """Each context's longest suffix seen in a training prompt (at most `longest` tokens), looked up from
-        scratch, or recalled: the answer depends on the context's last `longest` tokens alone."""
+        """Each context's longest suffix seen in a training prompt (at most `longest` tokens)."""
+        return Matches(*np.array(self.nodes(contexts, longest), dtype=np.int64).reshape(-1, 3).T)
+
+    def nodes(self, contexts: list, longest=None) -> list[Node]:
+        """match() as (length, lo, hi) tuples, looked up from scratch or recalled: the answer depends on the
+        context's last `longest` tokens alone."""
         queries = [self.query(c)[-MAX_MATCH:] for c in contexts]
         limits = [MAX_MATCH] * len(queries) if longest is None else longest
         bounds = [min(len(q), int(b)) for q, b in zip(queries, limits)]
         keys = [q[len(q) - b:].tobytes() for q, b in zip(queries, bounds)]
-        answers = {key: self._matched[key] for key in keys if key in self._matched}
-        missing = [row for row, key in enumerate(keys) if key not in answers]
+        missing = [row for row, key in enumerate(keys) if key not in self._matched]
         if missing:
             found = self.tokens.longest_suffixes([queries[row] for row in missing],
                                                  np.array([bounds[row] for row in missing], dtype=np.int64))
             if len(self._matched) + len(missing) > MATCH_CACHE_SIZE:
                 self._matched.clear()
             for i, row in enumerate(missing):
-                answers[keys[row]] = self._matched[keys[row]] = tuple(int(column[i]) for column in found)
-        return Matches(*(np.array([answers[key][i] for key in keys], dtype=np.int64) for i in range(3)))
+                self._matched[keys[row]] = tuple(int(column[i]) for column in found)
+        return [self._matched[key] for key in keys]
+
+    def grow(self, node: Node, context) -> Node:
+        """The match of context, given `node`, the match of context without its last token: a match grows by at
+        most that token, which mostly costs a lookup among the node's branches (or one narrowing search); a match
+        that breaks is looked up again, among suffixes no longer than it."""
+        length, lo, hi = node
+        token = int(context[-1])
+        symbol = token + 1 if 0 <= token < self.vocab_size else self.unseen
+        known = self._branches.get(node)
+        if known is not None and known.ranges is not None:
+            grown = known.ranges.get(symbol)
+        else:
+            grown = self.tokens.narrow(lo, hi, min(length, MAX_MATCH), symbol)
+        if grown is not None and grown[1] > grown[0]:
+            return length + 1, grown[0], grown[1]
+        return self.nodes([context], longest=[length])[0]
+
+    def branches(self, node: Node) -> Branches:
+        """What followed the node's suffix in the training prompts (kept: beams and prompts pass the same nodes)."""
+        known = self._branches.get(node)
+        if known is None:
+            length, lo, hi = node
+            symbols, counts, exact = self.tokens.next_symbols(lo, hi, min(length, MAX_MATCH))
+            ranges = None
+            if exact:
+                ends = list(itertools.accumulate(counts, initial=lo))
+                ranges = dict(zip(symbols, zip(ends[:-1], ends[1:])))
+            real = [i for i, s in enumerate(symbols) if 1 <= s <= self.vocab_size]  # not the separator after EOS
+            known = Branches([symbols[i] - 1 for i in real], [counts[i] for i in real], ranges)
+            if len(self._branches) >= BRANCH_CACHE_SIZE:
+                self._branches.clear()
+            self._branches[node] = known
+        return known
 
     def advance(self, matches: Matches, contexts: list) -> Matches:
-        """The matches after each context grew by its last token: a match grows by at most that token, so most rows
-        cost one narrowing search; rows whose match breaks are looked up again, among suffixes no longer than it."""
-        last = np.array([c[-1] for c in contexts], dtype=np.int64)
-        last = np.where((last >= 0) & (last < self.vocab_size), last + 1, self.unseen)
-        lo, hi = self.tokens.extend(matches.lo, matches.hi, matches.lengths, last)
-        grown = Matches(matches.lengths + 1, lo, hi)
-        broken = np.flatnonzero(hi <= lo)
-        if len(broken):
-            again = self.match([contexts[i] for i in broken], longest=matches.lengths[broken])
-            for name in ("lengths", "lo", "hi"):
-                getattr(grown, name)[broken] = getattr(again, name)
-        return grown
+        """The matches after each context grew by its last token (grow(), row by row)."""
+        nodes = zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist())
+        grown = [self.grow(node, context) for node, context in zip(nodes, contexts)]
+        return Matches(*np.array(grown, dtype=np.int64).reshape(-1, 3).T)
 
     def continuations(self, matches: Matches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, token id, count) of the tokens that followed each row's suffix in the training prompts."""
-        rows, symbols, counts = self.tokens.following(matches.lo, matches.hi, matches.lengths)
-        real = (symbols >= 1) & (symbols <= self.vocab_size)  # not the separator after a prompt's EOS
-        return rows[real], symbols[real] - 1, counts[real]
+        rows, tokens, counts = [], [], []
+        for row, node in enumerate(zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist())):
+            if node[2] > node[1]:
+                known = self.branches(node)
+                rows += [row] * len(known.tokens)
+                tokens += known.tokens
+                counts += known.counts
+        return tuple(np.array(column, dtype=np.int64) for column in (rows, tokens, counts))
 
     def prompt_tokens(self, index: int) -> list[int]:
         """The token ids of training prompt `index` (EOS dropped)."""

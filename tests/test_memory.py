@@ -43,12 +43,20 @@ def occurrences(sequence: np.ndarray, pattern: list[int]) -> np.ndarray:
 BOTH_SEARCHES = pytest.mark.parametrize("scalar_rows", [0, 10**6], ids=["numpy", "row-by-row"])
 
 
+def use_search(memory_module, store, scalar_rows: int, monkeypatch) -> None:
+    """Search and count with numpy (scalar_rows 0) or row by row, nothing recalled from an earlier run."""
+    monkeypatch.setattr(memory_module, "SCALAR_ROWS", scalar_rows)
+    monkeypatch.setattr(memory_module, "SCALAR_RANGE", min(scalar_rows, 64))
+    for cache in ("_matched", "_branches"):
+        monkeypatch.setattr(store, cache, {})
+    monkeypatch.setattr(store.tokens, "_patterns", {})
+
+
 @BOTH_SEARCHES
 def test_counts_equal_a_brute_force_count(demo_memory, tokenizer, demo_prompts, scalar_rows, monkeypatch):
     """Longest suffix, anchoring and next-token counts of random contexts, against counting in the plain sequence
     SEP p1 EOS SEP p2 EOS ... SEP; by the vectorised search and the row-by-row one, then recalled from the cache."""
-    monkeypatch.setattr(memory, "SCALAR_ROWS", scalar_rows)
-    monkeypatch.setattr(demo_memory, "_matched", {})  # looked up, not recalled from the other search's run
+    use_search(memory, demo_memory, scalar_rows, monkeypatch)
     eos, sep = tokenizer.eos_token_id, -1
     plain = [sep]
     for ids in tokenizer(demo_prompts, add_special_tokens=False)["input_ids"]:
@@ -84,12 +92,17 @@ def test_counts_equal_a_brute_force_count(demo_memory, tokenizer, demo_prompts, 
 @BOTH_SEARCHES
 def test_advancing_a_match_equals_matching_from_scratch(demo_memory, tokenizer, demo_prompts, scalar_rows,
                                                         monkeypatch):
-    monkeypatch.setattr(memory, "SCALAR_ROWS", scalar_rows)
+    """A match grows through its branches where they were counted, by one narrowing search where not."""
+    use_search(memory, demo_memory, scalar_rows, monkeypatch)
     rng = random.Random(1)
     texts = [rng.choice(demo_prompts) for _ in range(40)]
     contexts = [tokenizer(t, add_special_tokens=False)["input_ids"][:2] for t in texts]
     matches = demo_memory.match(contexts)
-    for _ in range(25):  # grow each context by its own next token, or by a random one now and then
+    for step in range(25):  # grow each context by its own next token, or by a random one now and then
+        if step % 2:
+            demo_memory.continuations(matches)  # counts the branches the next step grows into
+        else:
+            demo_memory._branches.clear()
         for row, text in enumerate(texts):
             own = tokenizer(text, add_special_tokens=False)["input_ids"]
             nxt = own[len(contexts[row])] if len(contexts[row]) < len(own) and rng.random() < 0.8 else \
@@ -108,6 +121,7 @@ def test_large_ranges_are_counted_exactly(demo_memory, tokenizer, monkeypatch):
     assert (matches.hi - matches.lo > 300).all()
     exact = demo_memory.continuations(matches)
     monkeypatch.setattr(memory, "EXACT_COUNT_LIMIT", 16)
+    monkeypatch.setattr(demo_memory, "_branches", {})  # counted again, not recalled
     by_runs = demo_memory.continuations(matches)
     assert sorted(zip(*map(list, exact))) == sorted(zip(*map(list, by_runs)))
 
@@ -119,6 +133,7 @@ def test_huge_ranges_are_counted_on_a_sample(demo_memory, tokenizer, monkeypatch
     size = int(matches.hi[0] - matches.lo[0])
     rows, tokens, exact = demo_memory.continuations(matches)
     monkeypatch.setattr(memory, "SAMPLED_COUNT_LIMIT", size // 4)
+    monkeypatch.setattr(demo_memory, "_branches", {})
     _, sampled_tokens, sampled = demo_memory.continuations(matches)
     estimate = dict(zip(sampled_tokens.tolist(), sampled.tolist()))
     assert size > 400 and tokens[exact.argmax()] == sampled_tokens[sampled.argmax()]
@@ -135,8 +150,8 @@ def test_32_bit_symbols_for_large_vocabularies():
     index = memory.SuffixIndex(symbols, suffix_array, starts, 2**32 - 1)
     lengths, lo, hi = index.longest_suffixes([np.array([9, 70_000, 70_001])])
     assert symbols.dtype.itemsize == 4 and lengths[0] == 2 and hi[0] - lo[0] >= 3
-    rows, following, counts = index.following(lo, hi, lengths)
-    assert 5 in following
+    following, counts, exact = index.next_symbols(int(lo[0]), int(hi[0]), int(lengths[0]))
+    assert 5 in following and exact
 
 
 def test_keyword_runs_and_training_prompts(demo_memory, demo_prompts):
@@ -164,6 +179,32 @@ def test_mixing_keeps_other_processors_masks(demo_memory, tokenizer, demo_prompt
     unmasked = decoding.MemoryProcessor(demo_memory, [0])(torch.tensor([context]), torch.zeros(1, len(tokenizer)))
     assert int(unmasked[0].argmax()) in tokens.tolist()  # the memory moved the choice onto what followed
     assert torch.allclose(unmasked[0].exp().sum(), torch.tensor(1.0), atol=1e-4)  # still a distribution
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_few_rows_and_many_rows_mix_alike(demo_memory, tokenizer, demo_prompts, scale, monkeypatch):
+    """The demo's few rows are mixed with Python numbers, eval.py's many with numpy: the same scores, masks kept,
+    rows without a match left as they were (scale 2 gives rows a weight of 1)."""
+    rng = random.Random(2)
+    contexts = [tokenizer(rng.choice(demo_prompts), add_special_tokens=False)["input_ids"][:rng.randrange(3, 12)]
+                for _ in range(5)]
+    contexts.append(tokenizer("zqx vorpal", add_special_tokens=False)["input_ids"][:3])  # no match of 3 tokens
+    width = max(map(len, contexts))
+    input_ids = torch.tensor([[0] * (width - len(c)) + c for c in contexts])
+    starts = [width - len(c) for c in contexts]
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(len(contexts), len(tokenizer), generator=generator) * 3  # logits, as greedy decoding passes
+    _, tokens, _ = demo_memory.continuations(demo_memory.match(contexts[:2]))
+    scores[0, tokens[:1]] = -float("inf")  # another processor's mask on a memory token
+    mixed = {}
+    for scalar_rows in (0, 10**6):
+        monkeypatch.setattr(memory, "SCALAR_ROWS", scalar_rows)
+        mixed[scalar_rows] = decoding.MemoryProcessor(demo_memory, starts, scale)(input_ids, scores.clone())
+    few, many = mixed[10**6], mixed[0]
+    assert torch.equal(torch.isneginf(few), torch.isneginf(many))
+    assert torch.allclose(few.nan_to_num(neginf=0), many.nan_to_num(neginf=0), atol=1e-6)
+    assert torch.equal(few[-1], scores[-1]) and not torch.equal(few[1], scores[1])
+    assert torch.isneginf(few[0, tokens[0]])
 
 
 @pytest.fixture(scope="module")
