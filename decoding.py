@@ -291,30 +291,38 @@ class NoRepeatedKeywordProcessor(LogitsProcessor):
         self.closers, self.not_a_new_word, self.word_tokens = _keyword_tables(tokenizer)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        blocked = torch.zeros_like(scores, dtype=torch.bool)
+        # Token ids collected per row and masked at once: a tensor call per keyword cost more than the rest.
+        vocabulary, eos = scores.shape[1], self.tokenizer.eos_token_id
+        tokens, new_word_rows = [], []
         for row, text in enumerate(self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)):
             *done, partial = text.lower().split(",")
             done = {utils.normalize_keyword(k) for k in done} - {""}
             words = " ".join(partial.split())  # the keyword being written, spaced as keywords compare
             if words in done:  # a new word must follow, and not the same word again
-                blocked[row, :len(self.not_a_new_word)] = self.not_a_new_word.to(scores.device)
-                blocked[row, self.word_tokens.get(words.split()[-1], [])] = True
-                blocked[row, self.tokenizer.eos_token_id] = True
-                continue
-            partial = words + (" " if words and partial[-1:].isspace() else "")
-            if not words:  # nor an empty keyword (", ,") in place of a repeat
-                blocked[row, self.closers.get("", [])] = True
-            for keyword in done:
-                if keyword.startswith(partial):
-                    rest = keyword[len(partial):]  # what a closing token must add (after a comma: with its space)
-                    ids = self.closers.get(rest, []) + (self.closers.get(" " + rest, []) if not partial else [])
-                    blocked[row, ids] = True
-        return mask_scores(scores, blocked, self.tokenizer.eos_token_id)
+                new_word_rows.append(row)
+                ids = self.word_tokens.get(words.split()[-1], []) + [eos]
+            else:
+                partial = words + (" " if words and partial[-1:].isspace() else "")
+                ids = [] if words else list(self.closers.get("", []))  # nor an empty keyword (", ,") for a repeat
+                for keyword in done:
+                    if keyword.startswith(partial):
+                        rest = keyword[len(partial):]  # what a closing token must add (after a comma: its space)
+                        ids += self.closers.get(rest, []) + (self.closers.get(" " + rest, []) if not partial else [])
+            tokens += [row * vocabulary + i for i in ids]
+        blocked = None
+        if new_word_rows:
+            blocked = torch.zeros_like(scores, dtype=torch.bool)
+            blocked[new_word_rows, :len(self.not_a_new_word)] = self.not_a_new_word.to(scores.device)
+        return mask_scores(scores, blocked, eos, tokens)
 
 
-def mask_scores(scores: torch.FloatTensor, blocked: torch.BoolTensor, eos_token_id: int) -> torch.FloatTensor:
-    """Blocked tokens get -inf; a row with nothing left may still end (EOS), so generation never breaks."""
-    scores = scores.masked_fill(blocked, -float("inf"))
+def mask_scores(scores: torch.FloatTensor, blocked: torch.BoolTensor | None, eos_token_id: int,
+                tokens: list[int] = ()) -> torch.FloatTensor:
+    """Blocked tokens get -inf (a mask, and/or flat indices row * vocabulary + id); a row with nothing left may still
+    end (EOS), so generation never breaks."""
+    scores = scores.masked_fill(blocked, -float("inf")) if blocked is not None else scores.clone()
+    if tokens:
+        scores.view(-1)[torch.tensor(tokens, device=scores.device)] = -float("inf")
     stuck = scores.amax(dim=-1) == -float("inf")  # a max, not an isinf pass: a tenth of the time over 50k tokens
     scores[stuck, eos_token_id] = 0.0
     return scores
