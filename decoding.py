@@ -29,6 +29,7 @@ from transformers import (
 import memory as prompt_memory
 import utils
 
+SCALAR_ENTRIES = 512  # a few rows with at most this many memory continuations are mixed with Python lists
 CLIP_TOKENIZER = utils.ROOT / "data" / "clip-tokenizer"  # Stable Diffusion's text encoder vocabulary (OpenAI CLIP, MIT)
 
 # The decoding strategies of the seed's table; sampling ones are seeded by the caller.
@@ -391,23 +392,23 @@ class MemoryProcessor(LogitsProcessor):
         memory, weights = self.memory, self.memory.weights
         # Row by row with Python numbers: a step grows each row's match by a token, mostly a lookup among the
         # branches of its last match, which the memory keeps (the demo's 3 beams cost tens of microseconds).
-        matches, rows, tokens, counts = {}, [], [], []
-        for row, context in enumerate(ids):
-            context = context[self.prompt_starts[row // per_input]:]
-            key = context.tobytes()
-            parent = self.matches.get(key[:-context.itemsize])
-            node = memory.grow(parent, context) if parent else memory.nodes([context])[0]
-            matches[key] = node
-            if node[0] >= weights["min_match"]:
-                known = memory.branches(node)
-                rows += [row] * len(known.tokens)
-                tokens += known.tokens
-                counts += known.counts
-        self.matches = matches
-        if not rows:
+        contexts = [context[self.prompt_starts[row // per_input]:] for row, context in enumerate(ids)]
+        keys = [context.tobytes() for context in contexts]
+        nodes = memory.follow([self.matches.get(key[:-ids.itemsize]) for key in keys], contexts)
+        self.matches = dict(zip(keys, nodes))
+        branches = [memory.branches(node) if node[0] >= weights["min_match"] else None for node in nodes]
+        entries = sum(len(b.tokens) for b in branches if b is not None)
+        if not entries:
             return scores
-        mix = self._mix_rows if len(ids) <= prompt_memory.SCALAR_ROWS else self._mix_batch
-        return mix(scores, rows, tokens, counts)
+        if len(ids) <= prompt_memory.SCALAR_ROWS and entries <= SCALAR_ENTRIES:
+            rows, tokens, counts = [], [], []
+            for row, known in enumerate(branches):
+                if known is not None:
+                    rows += [row] * len(known.tokens)
+                    tokens += known.tokens
+                    counts += known.counts
+            return self._mix_rows(scores, rows, tokens, counts)
+        return self._mix_batch(scores, *memory.gather(branches))
 
     # The mix, log((1 - w) p_model + w p_memory) with p_model = exp(score - log Z): a mixed row is the model's row
     # normalised (a log-softmax: half the time of a logsumexp) and moved by log(1 - w), a row left alone stays as it
@@ -452,9 +453,9 @@ class MemoryProcessor(LogitsProcessor):
             normalized[row] = scores[row]
         return normalized.view(-1).index_put_((index,), torch.tensor(values, device=device)).view_as(normalized)
 
-    def _mix_batch(self, scores, rows: list[int], tokens: list[int], counts: list[int]) -> torch.FloatTensor:
+    def _mix_batch(self, scores, rows: np.ndarray, tokens: np.ndarray, counts: np.ndarray) -> torch.FloatTensor:
         vocabulary, device = scores.shape[1], scores.device
-        rows, tokens, counts = np.array(rows), np.array(tokens), np.array(counts, dtype=np.float64)
+        counts = counts.astype(np.float64)
         keep = tokens < vocabulary
         rows, tokens, counts = rows[keep], tokens[keep], counts[keep]
         flat = torch.from_numpy(rows * vocabulary + tokens).to(device)

@@ -270,6 +270,11 @@ class Branches:
     counts: list[int]
     ranges: dict[int, tuple[int, int]] | None
 
+    @functools.cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """tokens and counts as arrays, for batches (a common context is followed by thousands of tokens)."""
+        return np.array(self.tokens, dtype=np.int64), np.array(self.counts, dtype=np.int64)
+
 
 @dataclass
 class Matches:
@@ -420,21 +425,32 @@ class PromptMemory:
                 self._matched[keys[row]] = tuple(int(column[i]) for column in found)
         return [self._matched[key] for key in keys]
 
-    def grow(self, node: Node, context) -> Node:
-        """The match of context, given `node`, the match of context without its last token: a match grows by at
-        most that token, which mostly costs a lookup among the node's branches (or one narrowing search); a match
-        that breaks is looked up again, among suffixes no longer than it."""
+    def follow(self, parents: list, contexts: list) -> list[Node]:
+        """Each context's match, grown from its parent's (the match of the context without its last token, None where
+        unknown): a match grows by at most that token, which mostly costs a lookup among the parent's branches (or
+        one narrowing search). The contexts without a parent, and those whose match broke, are looked up together,
+        the latter among suffixes no longer than their broken match."""
+        found, again, limits = [], [], []
+        for row, (parent, context) in enumerate(zip(parents, contexts)):
+            grown = None if parent is None else self._grow(parent, int(context[-1]))
+            found.append(grown)
+            if grown is None:
+                again.append(row)
+                limits.append(MAX_MATCH if parent is None else parent[0])
+        if again:
+            for row, node in zip(again, self.nodes([contexts[row] for row in again], limits)):
+                found[row] = node
+        return found
+
+    def _grow(self, node: Node, token: int) -> Node | None:
         length, lo, hi = node
-        token = int(context[-1])
         symbol = token + 1 if 0 <= token < self.vocab_size else self.unseen
         known = self._branches.get(node)
         if known is not None and known.ranges is not None:
             grown = known.ranges.get(symbol)
         else:
             grown = self.tokens.narrow(lo, hi, min(length, MAX_MATCH), symbol)
-        if grown is not None and grown[1] > grown[0]:
-            return length + 1, grown[0], grown[1]
-        return self.nodes([context], longest=[length])[0]
+        return (length + 1, *grown) if grown is not None and grown[1] > grown[0] else None
 
     def branches(self, node: Node) -> Branches:
         """What followed the node's suffix in the training prompts (kept: beams and prompts pass the same nodes)."""
@@ -454,21 +470,29 @@ class PromptMemory:
         return known
 
     def advance(self, matches: Matches, contexts: list) -> Matches:
-        """The matches after each context grew by its last token (grow(), row by row)."""
-        nodes = zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist())
-        grown = [self.grow(node, context) for node, context in zip(nodes, contexts)]
-        return Matches(*np.array(grown, dtype=np.int64).reshape(-1, 3).T)
+        """The matches after each context grew by its last token (follow())."""
+        parents = list(zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist()))
+        return Matches(*np.array(self.follow(parents, contexts), dtype=np.int64).reshape(-1, 3).T)
 
     def continuations(self, matches: Matches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, token id, count) of the tokens that followed each row's suffix in the training prompts."""
-        rows, tokens, counts = [], [], []
-        for row, node in enumerate(zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist())):
-            if node[2] > node[1]:
-                known = self.branches(node)
+        nodes = zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist())
+        return self.gather([self.branches(node) if node[2] > node[1] else None for node in nodes])
+
+    @staticmethod
+    def gather(branches: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, token id, count) arrays of each row's branches (None: none). Short ones are joined as lists, long ones
+        (a common context is followed by thousands of tokens) as arrays."""
+        rows, tokens, counts, parts = [], [], [], []
+        for row, known in enumerate(branches):
+            if known is not None and len(known.tokens) <= SCALAR_RANGE:
                 rows += [row] * len(known.tokens)
                 tokens += known.tokens
                 counts += known.counts
-        return tuple(np.array(column, dtype=np.int64) for column in (rows, tokens, counts))
+            elif known is not None:
+                parts.append((np.full(len(known.tokens), row), *known.arrays))
+        parts.append(tuple(np.array(column, dtype=np.int64) for column in (rows, tokens, counts)))
+        return tuple(np.concatenate(column) for column in zip(*parts))
 
     def prompt_tokens(self, index: int) -> list[int]:
         """The token ids of training prompt `index` (EOS dropped)."""
