@@ -401,13 +401,7 @@ class MemoryProcessor(LogitsProcessor):
         if not entries:
             return scores
         if len(ids) <= prompt_memory.SCALAR_ROWS and entries <= SCALAR_ENTRIES:
-            rows, tokens, counts = [], [], []
-            for row, known in enumerate(branches):
-                if known is not None:
-                    rows += [row] * len(known.tokens)
-                    tokens += known.tokens
-                    counts += known.counts
-            return self._mix_rows(scores, rows, tokens, counts)
+            return self._mix_rows(scores, branches)
         return self._mix_batch(scores, *memory.gather(branches))
 
     # The mix, log((1 - w) p_model + w p_memory) with p_model = exp(score - log Z): a mixed row is the model's row
@@ -423,9 +417,10 @@ class MemoryProcessor(LogitsProcessor):
         return [min(max((sparse if d == 1 else dense) * self.scale, 0.0), 1.0) if t > 0 else 0.0
                 for t, d in zip(totals, distinct)]
 
-    def _mix_rows(self, scores, rows: list[int], tokens: list[int], counts: list[int]) -> torch.FloatTensor:
+    def _mix_rows(self, scores, branches: list) -> torch.FloatTensor:
         vocabulary, device = scores.shape[1], scores.device
-        entries = [(r, r * vocabulary + t, c) for r, t, c in zip(rows, tokens, counts) if t < vocabulary]
+        entries = [(row, row * vocabulary + t, c) for row, known in enumerate(branches) if known is not None
+                   for t, c in zip(known.tokens, known.counts) if t < vocabulary]
         index = torch.tensor([flat for _, flat, _ in entries], device=device)
         model = scores.reshape(-1).take(index).tolist()  # the model's, at the memory's tokens
         totals, distinct = [0] * len(scores), [0] * len(scores)

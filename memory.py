@@ -284,6 +284,13 @@ class Matches:
     lo: np.ndarray
     hi: np.ndarray
 
+    @staticmethod
+    def of(nodes: list[Node]) -> "Matches":
+        return Matches(*np.array(nodes, dtype=np.int64).reshape(-1, 3).T)
+
+    def nodes(self) -> list[Node]:
+        return list(zip(self.lengths.tolist(), self.lo.tolist(), self.hi.tolist()))
+
     def anchored(self, context_lengths: np.ndarray) -> np.ndarray:
         """Matched whole, from the separator on: the context is the start of a training prompt."""
         return self.lengths == context_lengths + 1
@@ -406,7 +413,7 @@ class PromptMemory:
 
     def match(self, contexts: list, longest: np.ndarray | None = None) -> Matches:
         """Each context's longest suffix seen in a training prompt (at most `longest` tokens)."""
-        return Matches(*np.array(self.nodes(contexts, longest), dtype=np.int64).reshape(-1, 3).T)
+        return Matches.of(self.nodes(contexts, longest))
 
     def nodes(self, contexts: list, longest=None) -> list[Node]:
         """match() as (length, lo, hi) tuples, looked up from scratch or recalled: the answer depends on the
@@ -415,15 +422,16 @@ class PromptMemory:
         limits = [MAX_MATCH] * len(queries) if longest is None else longest
         bounds = [min(len(q), int(b)) for q, b in zip(queries, limits)]
         keys = [q[len(q) - b:].tobytes() for q, b in zip(queries, bounds)]
-        missing = [row for row, key in enumerate(keys) if key not in self._matched]
+        answers = {key: self._matched[key] for key in keys if key in self._matched}
+        missing = [row for row, key in enumerate(keys) if key not in answers]
         if missing:
             found = self.tokens.longest_suffixes([queries[row] for row in missing],
                                                  np.array([bounds[row] for row in missing], dtype=np.int64))
             if len(self._matched) + len(missing) > MATCH_CACHE_SIZE:
                 self._matched.clear()
             for i, row in enumerate(missing):
-                self._matched[keys[row]] = tuple(int(column[i]) for column in found)
-        return [self._matched[key] for key in keys]
+                answers[keys[row]] = self._matched[keys[row]] = tuple(int(column[i]) for column in found)
+        return [answers[key] for key in keys]
 
     def follow(self, parents: list, contexts: list) -> list[Node]:
         """Each context's match, grown from its parent's (the match of the context without its last token, None where
@@ -471,13 +479,11 @@ class PromptMemory:
 
     def advance(self, matches: Matches, contexts: list) -> Matches:
         """The matches after each context grew by its last token (follow())."""
-        parents = list(zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist()))
-        return Matches(*np.array(self.follow(parents, contexts), dtype=np.int64).reshape(-1, 3).T)
+        return Matches.of(self.follow(matches.nodes(), contexts))
 
     def continuations(self, matches: Matches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, token id, count) of the tokens that followed each row's suffix in the training prompts."""
-        nodes = zip(matches.lengths.tolist(), matches.lo.tolist(), matches.hi.tolist())
-        return self.gather([self.branches(node) if node[2] > node[1] else None for node in nodes])
+        return self.gather([self.branches(node) if node[2] > node[1] else None for node in matches.nodes()])
 
     @staticmethod
     def gather(branches: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

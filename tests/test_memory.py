@@ -89,6 +89,15 @@ def test_counts_equal_a_brute_force_count(demo_memory, tokenizer, demo_prompts, 
         assert {int(t): int(c) for t, c in zip(tokens[rows == row], counts[rows == row])} == expected
 
 
+def test_lookups_survive_a_full_cache(demo_memory, tokenizer, demo_prompts, monkeypatch):
+    """When the lookups a batch misses fill the cache, it is emptied, and the batch still gets every answer."""
+    monkeypatch.setattr(memory, "MATCH_CACHE_SIZE", 2)
+    monkeypatch.setattr(demo_memory, "_matched", {})
+    contexts = [tokenizer(p, add_special_tokens=False)["input_ids"][:4] for p in demo_prompts[:3]]
+    first = demo_memory.nodes(contexts[:2])
+    assert demo_memory.nodes(contexts)[:2] == first
+
+
 @BOTH_SEARCHES
 def test_advancing_a_match_equals_matching_from_scratch(demo_memory, tokenizer, demo_prompts, scalar_rows,
                                                         monkeypatch):
