@@ -1,7 +1,9 @@
 """Evaluation speed: eval.py's path (each sequence stops at EOS or once it holds the keywords its reference
 has) against generating every sequence to the model's context (at most 1,024 tokens) as the original recipe
 did, same checkpoint, same prompts, checking the ROUGE is identical; and eval.py with the checkpoint's memory
-against the model alone, in alternating rounds (each row keeps its fastest: interference only slows a run).
+against the model alone, in alternating rounds (each row keeps its fastest: interference only slows a run). The table
+counts each row's decoding steps (forward passes): a batch runs until its longest row ends, so a memory that writes
+longer prompts costs steps as well as its own time a step.
 
 The original generated to 1,024 tokens. A small GPT-2 trained here has a shorter context; --context 1024
 lengthens its position table (positions past the trained ones repeat the last trained row) so both paths
@@ -56,8 +58,11 @@ def main() -> None:
     memory = prompt_memory.load_memory(args.model_name_or_path, tokenizer)
     k = evaluation.INPUT_TYPES[args.input_type]
     preset = decoding.PRESETS[args.strategy]
+    forward_passes = [0]  # decoding steps, counted by a hook on the model: a batch runs until its longest row ends
+    model.register_forward_pre_hook(lambda module, args: forward_passes.__setitem__(0, forward_passes[0] + 1))
 
     def timed(early_stop: bool, with_memory) -> dict:
+        forward_passes[0] = 0
         started = time.perf_counter()
         predictions = decoding.predict_keywords(model, tokenizer, references, k, preset, args.batch_size,
                                                 early_stop=early_stop, memory=with_memory)
@@ -67,7 +72,7 @@ def main() -> None:
         new_tokens = sum(len(ids) for ids in tokenizer(predictions)["input_ids"]) - \
             sum(len(ids) for ids in tokenizer([utils.first_keywords(r, k) for r in references])["input_ids"])
         return {"seconds": round(seconds, 2), "prompts_per_s": round(len(references) / seconds, 2),
-                "new_tokens_per_prompt": round(new_tokens / len(references), 1),
+                "new_tokens_per_prompt": round(new_tokens / len(references), 1), "steps": forward_passes[0],
                 **utils.keyword_aligned_rouge(references, predictions, k)}
 
     paths = {"eval.py (early stop), model alone": (True, None)}
@@ -90,15 +95,18 @@ def main() -> None:
     print(f"\n{len(references)} prompts, {args.strategy}, {args.input_type}, {model.device.type} {model.dtype}, "
           f"context "
           f"{min(decoding.model_context(model), 1024)} tokens, {args.model_name_or_path}, {machine.describe()}\n")
-    print("| path | seconds | prompts/s | new tokens per prompt | ROUGE-1 | ROUGE-2 | ROUGE-L |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| path | seconds | prompts/s | new tokens per prompt | decoding steps | ROUGE-1 | ROUGE-2 | ROUGE-L |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['path']} | {r['seconds']} | {r['prompts_per_s']} | {r['new_tokens_per_prompt']} | {r['rouge1']} | "
-              f"{r['rouge2']} | {r['rougeL']} |")
+        print(f"| {r['path']} | {r['seconds']} | {r['prompts_per_s']} | {r['new_tokens_per_prompt']} | {r['steps']} | "
+              f"{r['rouge1']} | {r['rouge2']} | {r['rougeL']} |")
     if full:
         print(f"\nspeed-up of the early stop {speedup:.1f}x; ROUGE identical: {identical}")
     if with_memory:
-        print(f"with memory: {memory_share:.0%} of the model alone's prompts/s")
+        tokens = with_memory["new_tokens_per_prompt"] / rows[0]["new_tokens_per_prompt"]
+        steps = with_memory["steps"] / rows[0]["steps"]
+        print(f"with memory: {memory_share:.0%} of the model alone's prompts/s; it writes {tokens:.2f}x the new "
+              f"tokens, in {steps:.2f}x the decoding steps")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({
         "rows": rows, "speedup": round(speedup, 2) if speedup else None, "identical": identical,
