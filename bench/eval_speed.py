@@ -103,10 +103,12 @@ def main() -> None:
     if full:
         print(f"\nspeed-up of the early stop {speedup:.1f}x; ROUGE identical: {identical}")
     if with_memory:
-        tokens = with_memory["new_tokens_per_prompt"] / rows[0]["new_tokens_per_prompt"]
-        steps = with_memory["steps"] / rows[0]["steps"]
-        print(f"with memory: {memory_share:.0%} of the model alone's prompts/s; it writes {tokens:.2f}x the new "
-              f"tokens, in {steps:.2f}x the decoding steps")
+        alone = rows[0]
+        tokens = (f"{with_memory['new_tokens_per_prompt'] / alone['new_tokens_per_prompt']:.2f}x the new tokens"
+                  if alone["new_tokens_per_prompt"] else f"{with_memory['new_tokens_per_prompt']} new tokens a prompt "
+                  f"(alone: none)")
+        print(f"with memory: {memory_share:.0%} of the model alone's prompts/s; it writes {tokens}, "
+              f"in {with_memory['steps'] / alone['steps']:.2f}x the decoding steps")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({
         "rows": rows, "speedup": round(speedup, 2) if speedup else None, "identical": identical,
