@@ -379,10 +379,12 @@ class MemoryProcessor(LogitsProcessor):
     p_memory is what followed the context's longest suffix in the training prompts, and w the memory's weight for
     one continuation ("sparse") or several ("dense"), times `scale`; 0 where the suffix is shorter than min_match.
     It runs after the other processors and keeps their masks: a masked token has no memory share either. Each row's
-    match is carried from one step to the next (keyed by its tokens, so beams that swap rows keep theirs)."""
+    match is carried from one step to the next (keyed by its tokens, so beams that swap rows keep theirs).
+    log_probs: the scores are log-probabilities, as beam search hands them, and the processor's to change: a row no
+    other processor masked needs no normalising, and the mix is written into them."""
 
-    def __init__(self, memory, prompt_starts: list[int], scale: float = 1.0):
-        self.memory, self.scale = memory, scale
+    def __init__(self, memory, prompt_starts: list[int], scale: float = 1.0, log_probs: bool = False):
+        self.memory, self.scale, self.log_probs = memory, scale, log_probs
         self.prompt_starts = np.asarray(prompt_starts)  # where each input's tokens start after left padding
         self.matches: dict[bytes, prompt_memory.Node] = {}
 
@@ -406,10 +408,25 @@ class MemoryProcessor(LogitsProcessor):
 
     # The mix, log((1 - w) p_model + w p_memory) with p_model = exp(score - log Z): a mixed row is the model's row
     # normalised (a log-softmax: half the time of a logsumexp) and moved by log(1 - w), a row left alone stays as it
-    # was, and the memory's continuations add w p_memory to theirs. A few rows (the demo's beams) are mixed with Python
+    # was, and the memory's continuations add w p_memory to theirs. Beam search's rows are log-probabilities already
+    # and only one another control masked needs its log-softmax (at 192 rows x 50k one costs 23 ms a step on a
+    # 2-core EPYC, a pass that adds log(1 - w) in place 2 ms). A few rows (the demo's beams) are mixed with Python
     # lists, many (eval.py's batches) with numpy arrays: the same mix, where numpy's calls would cost the demo more than
     # the mix itself. Entries are addressed by flat index (row * vocabulary + token): a 1-D gather costs a tenth
     # of a 2-D one.
+
+    def _normalized(self, scores: torch.FloatTensor, mixed_rows: list[int]) -> torch.FloatTensor:
+        """The model's log-probabilities over the tokens other processors left, in the rows to mix. Beam search's are
+        so already, but for the rows another processor masked (a row's sum is then -inf): those are normalised, in
+        place. Other scores (logits) get a log-softmax over every row, in a new tensor."""
+        if not self.log_probs:
+            return torch.log_softmax(scores.float(), dim=-1)
+        masked = torch.isinf(scores.sum(dim=1)).tolist()
+        renormalize = [row for row in mixed_rows if masked[row]]
+        if renormalize:
+            rows = torch.tensor(renormalize, device=scores.device)
+            scores.index_copy_(0, rows, torch.log_softmax(scores.index_select(0, rows).float(), dim=-1))
+        return scores
 
     def _row_weights(self, totals, distinct) -> list[float]:
         """Each row's memory weight: sparse where one continuation is allowed, dense where several, 0 where none."""
@@ -431,7 +448,7 @@ class MemoryProcessor(LogitsProcessor):
         weight = self._row_weights(totals, distinct)
         if not any(weight):
             return scores
-        normalized = torch.log_softmax(scores.float(), dim=-1)
+        normalized = self._normalized(scores, [r for r, w in enumerate(weight) if w])
         share = normalized.reshape(-1).take(index).tolist()
         log_rest = [math.log1p(-w) if w < 1 else -math.inf for w in weight]
         values = []  # every entry rewritten: mixed, or as it was (masked, or in a row left alone)
@@ -444,8 +461,9 @@ class MemoryProcessor(LogitsProcessor):
             normalized.add_(log_rest[0])
         else:
             normalized.add_(torch.tensor(log_rest, device=device).unsqueeze(1))
-        for row in (r for r, w in enumerate(weight) if not w):
-            normalized[row] = scores[row]
+        if not self.log_probs:  # a new tensor: rows left alone get their scores back (in place they moved by log 1)
+            for row in (r for r, w in enumerate(weight) if not w):
+                normalized[row] = scores[row]
         return normalized.view(-1).index_put_((index,), torch.tensor(values, device=device)).view_as(normalized)
 
     def _mix_batch(self, scores, rows: np.ndarray, tokens: np.ndarray, counts: np.ndarray) -> torch.FloatTensor:
@@ -460,14 +478,14 @@ class MemoryProcessor(LogitsProcessor):
         weight = np.array(self._row_weights(totals, np.bincount(rows[allowed], minlength=len(scores))))
         if not weight.any():
             return scores
-        normalized = torch.log_softmax(scores.float(), dim=-1)
+        normalized = self._normalized(scores, np.flatnonzero(weight).tolist())
         model_share = normalized.reshape(-1).take(flat).double().cpu().numpy()
         with np.errstate(divide="ignore"):
             log_rest = np.log1p(-weight)
             mixed = allowed & (weight[rows] > 0)
             memory_share = np.log(weight[rows] * counts / np.maximum(totals[rows], 1))
         out = normalized.add_(torch.from_numpy(log_rest).float().to(device)[:, None])
-        if not weight.all():  # rows left alone: copied back, not chosen from by a pass over every row
+        if not weight.all() and not self.log_probs:  # as above; copied back, not chosen by a pass over every row
             alone = torch.from_numpy(np.flatnonzero(weight == 0)).to(device)
             out.index_copy_(0, alone, scores.float().index_select(0, alone))
         entries = np.logaddexp(model_share + log_rest[rows], memory_share)[mixed]
@@ -558,7 +576,7 @@ def generate_prompts(model, tokenizer, inputs: list[str], preset: dict, max_new_
         processors.append(CopyLimitProcessor(tokenizer, memory, max_copied_keywords, prompt_length))
     if memory is not None and memory_weight > 0:  # last: it mixes what the others left unmasked
         processors.append(MemoryProcessor(memory, (prompt_length - batch["attention_mask"].sum(dim=1)).tolist(),
-                                          memory_weight))
+                                          memory_weight, log_probs=preset.get("num_beams", 1) > 1))
     stopping = None
     if num_keywords is not None:
         commas_needed = [max(n - text.count(","), 0) for text, n in zip(inputs, num_keywords)]

@@ -190,20 +190,26 @@ def test_mixing_keeps_other_processors_masks(demo_memory, tokenizer, demo_prompt
     assert torch.allclose(unmasked[0].exp().sum(), torch.tensor(1.0), atol=1e-4)  # still a distribution
 
 
+def mixing_batch(tokenizer, demo_prompts, demo_memory):
+    """Five contexts from the demo prompts and one without a match of 3 tokens, left padded; and the memory's
+    continuations of the first two."""
+    rng = random.Random(2)
+    contexts = [tokenizer(rng.choice(demo_prompts), add_special_tokens=False)["input_ids"][:rng.randrange(3, 12)]
+                for _ in range(5)]
+    contexts.append(tokenizer("zqx vorpal", add_special_tokens=False)["input_ids"][:3])
+    width = max(map(len, contexts))
+    input_ids = torch.tensor([[0] * (width - len(c)) + c for c in contexts])
+    _, tokens, _ = demo_memory.continuations(demo_memory.match(contexts[:2]))
+    return input_ids, [width - len(c) for c in contexts], tokens
+
+
 @pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
 def test_few_rows_and_many_rows_mix_alike(demo_memory, tokenizer, demo_prompts, scale, monkeypatch):
     """The demo's few rows are mixed with Python numbers, eval.py's many with numpy: the same scores, masks kept,
     rows without a match left as they were (scale 2 gives rows a weight of 1)."""
-    rng = random.Random(2)
-    contexts = [tokenizer(rng.choice(demo_prompts), add_special_tokens=False)["input_ids"][:rng.randrange(3, 12)]
-                for _ in range(5)]
-    contexts.append(tokenizer("zqx vorpal", add_special_tokens=False)["input_ids"][:3])  # no match of 3 tokens
-    width = max(map(len, contexts))
-    input_ids = torch.tensor([[0] * (width - len(c)) + c for c in contexts])
-    starts = [width - len(c) for c in contexts]
+    input_ids, starts, tokens = mixing_batch(tokenizer, demo_prompts, demo_memory)
     generator = torch.Generator().manual_seed(0)
-    scores = torch.randn(len(contexts), len(tokenizer), generator=generator) * 3  # logits, as greedy decoding passes
-    _, tokens, _ = demo_memory.continuations(demo_memory.match(contexts[:2]))
+    scores = torch.randn(len(input_ids), len(tokenizer), generator=generator) * 3  # logits, as greedy decoding passes
     scores[0, tokens[:1]] = -float("inf")  # another processor's mask on a memory token
     mixed = {}
     for scalar_rows in (0, 10**6):
@@ -214,6 +220,26 @@ def test_few_rows_and_many_rows_mix_alike(demo_memory, tokenizer, demo_prompts, 
     assert torch.allclose(few.nan_to_num(neginf=0), many.nan_to_num(neginf=0), atol=1e-6)
     assert torch.equal(few[-1], scores[-1]) and not torch.equal(few[1], scores[1])
     assert torch.isneginf(few[0, tokens[0]])
+
+
+@pytest.mark.parametrize("scalar_rows", [0, 10**6])
+def test_log_probabilities_mix_in_place_as_logits_do(demo_memory, tokenizer, demo_prompts, scalar_rows, monkeypatch):
+    """Beam search hands log-probabilities, which the mix changes in place, normalising only the rows another
+    processor masked: the same scores as the log-softmax of every row, masks kept, a row without a match as it was."""
+    monkeypatch.setattr(memory, "SCALAR_ROWS", scalar_rows)
+    input_ids, starts, tokens = mixing_batch(tokenizer, demo_prompts, demo_memory)
+    generator = torch.Generator().manual_seed(1)
+    scores = torch.log_softmax(torch.randn(len(input_ids), len(tokenizer), generator=generator) * 3, dim=-1)
+    scores[0, tokens[:1]] = -float("inf")  # masks of other processors: on a memory token, and elsewhere
+    scores[1, scores[1].argmax()] = -float("inf")
+    expected = decoding.MemoryProcessor(demo_memory, starts)(input_ids, scores.clone())
+    given = scores.clone()
+    mixed = decoding.MemoryProcessor(demo_memory, starts, log_probs=True)(input_ids, given)
+    assert mixed.data_ptr() == given.data_ptr()
+    assert torch.equal(torch.isneginf(mixed), torch.isneginf(expected))
+    assert torch.allclose(mixed.nan_to_num(neginf=0), expected.nan_to_num(neginf=0), atol=1e-5)
+    assert torch.equal(mixed[-1], scores[-1]) and not torch.equal(mixed[1], scores[1])
+    assert torch.allclose(mixed[1].exp().sum(), torch.tensor(1.0), atol=1e-4)  # renormalised after its mask
 
 
 @pytest.fixture(scope="module")
