@@ -421,11 +421,12 @@ class MemoryProcessor(LogitsProcessor):
         place. Other scores (logits) get a log-softmax over every row, in a new tensor."""
         if not self.log_probs:
             return torch.log_softmax(scores.float(), dim=-1)
+        scores = scores.float()  # itself where float32, as generate() hands them
         masked = torch.isinf(scores.sum(dim=1)).tolist()
         renormalize = [row for row in mixed_rows if masked[row]]
         if renormalize:
             rows = torch.tensor(renormalize, device=scores.device)
-            scores.index_copy_(0, rows, torch.log_softmax(scores.index_select(0, rows).float(), dim=-1))
+            scores.index_copy_(0, rows, torch.log_softmax(scores.index_select(0, rows), dim=-1))
         return scores
 
     def _row_weights(self, totals, distinct) -> list[float]:
